@@ -1,0 +1,29 @@
+//! # cleanroom core
+//!
+//! Everything the cleanroom protocol needs that is not networking: the
+//! cryptographic building blocks and the I/O-free protocol steps that both the
+//! in-memory simulation and the gRPC services drive. See `DESIGN.md` in the
+//! shared design folder for the protocol, and the README for the threat model.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`session`] | session ids and the random source used for secrets |
+//! | [`keys`] | canonical join-key encoding (strings NFC, integers big-endian, tuples length-prefixed) |
+//! | [`psi`] | hash-to-Ristretto, per-session blinding, re-blinding, truncation |
+//! | [`share`] | identity keys, pairwise seeds, PRG masks, sealing of mask sums |
+//! | [`dp`] | exact discrete Laplace and discrete Gaussian samplers |
+//! | [`analysis`] | the analysis file format, validation and its approval hash |
+//! | [`protocol`] | the protocol steps (node and coordinator side) and the in-memory run |
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod analysis;
+pub mod dp;
+pub mod keys;
+pub mod protocol;
+pub mod psi;
+pub mod session;
+pub mod share;
+
+pub use analysis::{Analysis, AnalysisError, AnalysisHash};
+pub use session::SessionId;

@@ -1,0 +1,409 @@
+//! Additive masking of feature values, keyed by pairwise seeds.
+//!
+//! Node `i` masks its feature vectors with a PRG keyed by a seed it shares
+//! with its unmasker `u(i)`: `y_j = f_j + PRG(s, j) mod 2^64`. The coordinator
+//! sums the masked rows it matched; `u(i)` sums the masks of the same
+//! positions; the recipient subtracts one from the other.
+//!
+//! Seeds come from long-term Ristretto identity keys (pinned in each node's
+//! config): `s = HKDF-SHA256(salt = sid, ikm = DH(sk_i, pk_u), info = purpose
+//! || analysis hash || party names)`. The same DH secret also keys the AEAD
+//! that seals a mask sum for the recipient (see [`SealKey`]), so the
+//! coordinator relays mask sums without being able to read them.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
+use curve25519_dalek::scalar::Scalar;
+use hkdf::Hkdf;
+use rand::{CryptoRng, Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use rayon::prelude::*;
+use sha2::Sha256;
+use thiserror::Error;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::session::{SessionId, put_lp};
+
+/// Errors from key handling, seed derivation and sealing.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ShareError {
+    /// A public key is not a valid Ristretto point (or is the identity).
+    #[error("invalid identity public key")]
+    InvalidPublicKey,
+    /// A secret key file does not hold a canonical scalar.
+    #[error("invalid identity secret key")]
+    InvalidSecretKey,
+    /// A sealed mask sum failed authentication or has the wrong size.
+    #[error("sealed mask sum failed to open (tampered, or wrong keys)")]
+    OpenFailed,
+    /// Vectors that must have equal length do not.
+    #[error("length mismatch: expected {expected}, got {got}")]
+    LengthMismatch {
+        /// Expected length.
+        expected: usize,
+        /// Received length.
+        got: usize,
+    },
+    /// A position is outside the list it refers to.
+    #[error("position {position} out of range for a list of {len} rows")]
+    PositionOutOfRange {
+        /// The offending position.
+        position: u64,
+        /// The list length.
+        len: u64,
+    },
+    /// A position occurs twice in a position list.
+    #[error("position {0} occurs more than once")]
+    DuplicatePosition(u64),
+}
+
+/// A node's long-term identity secret (a Ristretto scalar). Zeroized on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct IdentityKey(Scalar);
+
+impl std::fmt::Debug for IdentityKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdentityKey(<secret>)")
+    }
+}
+
+/// A node's long-term public identity (a compressed Ristretto point).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct IdentityPublic(pub [u8; 32]);
+
+impl IdentityKey {
+    /// A fresh random identity key.
+    pub fn random<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
+        IdentityKey(Scalar::random(rng))
+    }
+
+    /// Parses 32 canonical scalar bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, ShareError> {
+        Option::from(Scalar::from_canonical_bytes(bytes))
+            .filter(|s: &Scalar| *s != Scalar::ZERO)
+            .map(IdentityKey)
+            .ok_or(ShareError::InvalidSecretKey)
+    }
+
+    /// Parses the hex form written by [`IdentityKey::to_hex`].
+    pub fn from_hex(s: &str) -> Result<Self, ShareError> {
+        let mut bytes: [u8; 32] = hex::decode(s.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or(ShareError::InvalidSecretKey)?;
+        let key = Self::from_bytes(bytes);
+        bytes.zeroize();
+        key
+    }
+
+    /// Hex encoding of the secret (for the key file only; never log it).
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0.as_bytes())
+    }
+
+    /// The public half.
+    pub fn public(&self) -> IdentityPublic {
+        IdentityPublic(RistrettoPoint::mul_base(&self.0).compress().to_bytes())
+    }
+}
+
+impl IdentityPublic {
+    /// Parses a hex public key, checking it is a valid non-identity point.
+    pub fn from_hex(s: &str) -> Result<Self, ShareError> {
+        let b: [u8; 32] = hex::decode(s.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or(ShareError::InvalidPublicKey)?;
+        Self::point(&b)?;
+        Ok(IdentityPublic(b))
+    }
+
+    /// Hex encoding.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    fn point(b: &[u8; 32]) -> Result<RistrettoPoint, ShareError> {
+        CompressedRistretto(*b)
+            .decompress()
+            .filter(|p| *p != RistrettoPoint::default())
+            .ok_or(ShareError::InvalidPublicKey)
+    }
+}
+
+/// The DH secret of two identities, bound to one session. Zeroized on drop.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct PairwiseSecret {
+    prk: [u8; 32],
+    #[zeroize(skip)]
+    sid: SessionId,
+}
+
+impl PairwiseSecret {
+    /// `DH(my, peer)` for session `sid`. Symmetric: both sides get the same value.
+    pub fn derive(
+        my: &IdentityKey,
+        peer: &IdentityPublic,
+        sid: &SessionId,
+    ) -> Result<Self, ShareError> {
+        let mut shared = (IdentityPublic::point(&peer.0)? * my.0)
+            .compress()
+            .to_bytes();
+        let mut prk = [0u8; 32];
+        Hkdf::<Sha256>::new(Some(sid.as_bytes()), &shared)
+            .expand(b"cleanroom/pairwise/v1", &mut prk)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        shared.zeroize();
+        Ok(PairwiseSecret { prk, sid: *sid })
+    }
+
+    fn expand(&self, purpose: &[u8], analysis_hash: &[u8; 32], names: &[&str]) -> [u8; 32] {
+        let mut info = Vec::with_capacity(64);
+        put_lp(&mut info, purpose);
+        info.extend_from_slice(self.sid.as_bytes());
+        info.extend_from_slice(analysis_hash);
+        for n in names {
+            put_lp(&mut info, n.as_bytes());
+        }
+        let mut okm = [0u8; 32];
+        Hkdf::<Sha256>::from_prk(&self.prk)
+            .expect("32-byte PRK is valid for HKDF-SHA256")
+            .expand(&info, &mut okm)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        okm
+    }
+
+    /// The seed that masks `owner`'s list, shared by `owner` and its unmasker.
+    pub fn mask_seed(&self, analysis_hash: &[u8; 32], owner: &str, unmasker: &str) -> MaskSeed {
+        MaskSeed(self.expand(b"mask-seed", analysis_hash, &[owner, unmasker]))
+    }
+
+    /// The AEAD key with which `sender` seals the mask sum of `owner`'s list
+    /// for `recipient`.
+    pub fn seal_key(
+        &self,
+        analysis_hash: &[u8; 32],
+        owner: &str,
+        sender: &str,
+        recipient: &str,
+    ) -> SealKey {
+        SealKey(self.expand(b"seal-key", analysis_hash, &[owner, sender, recipient]))
+    }
+}
+
+/// Seed of the masking PRG for one list in one session. Zeroized on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct MaskSeed([u8; 32]);
+
+impl MaskSeed {
+    /// A seed from raw bytes (tests and simulations).
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        MaskSeed(b)
+    }
+
+    /// Writes the mask of row `position` (one `u64` per feature) into `out`.
+    /// ChaCha20 keyed by the seed, with the row position as the stream id, so
+    /// any row's mask is computed directly.
+    pub fn row_mask(&self, position: u64, out: &mut [u64]) {
+        let mut rng = ChaCha20Rng::from_seed(self.0);
+        rng.set_stream(position);
+        for v in out {
+            *v = rng.next_u64();
+        }
+    }
+
+    /// Masks a flat feature matrix (`width` values per row, row `j` at
+    /// position `j`) in place: `y = f + mask mod 2^64`.
+    pub fn mask_rows(&self, values: &mut [u64], width: usize) {
+        if width == 0 {
+            return;
+        }
+        values.par_chunks_mut(width).enumerate().for_each_init(
+            || vec![0u64; width],
+            |m, (j, row)| {
+                self.row_mask(j as u64, m);
+                for (v, m) in row.iter_mut().zip(m.iter()) {
+                    *v = v.wrapping_add(*m);
+                }
+            },
+        );
+    }
+
+    /// Sum of the masks of the given rows, mod 2^64. Positions must be
+    /// distinct and below `len` (the list length).
+    pub fn mask_sum(
+        &self,
+        positions: &[u64],
+        width: usize,
+        len: u64,
+    ) -> Result<Vec<u64>, ShareError> {
+        check_positions(positions, len)?;
+        let mut sum = vec![0u64; width];
+        let mut m = vec![0u64; width];
+        for &p in positions {
+            self.row_mask(p, &mut m);
+            add_assign(&mut sum, &m);
+        }
+        Ok(sum)
+    }
+}
+
+/// Checks a position list: every entry below `len`, none repeated.
+pub fn check_positions(positions: &[u64], len: u64) -> Result<(), ShareError> {
+    let mut seen = std::collections::HashSet::with_capacity(positions.len());
+    for &p in positions {
+        if p >= len {
+            return Err(ShareError::PositionOutOfRange { position: p, len });
+        }
+        if !seen.insert(p) {
+            return Err(ShareError::DuplicatePosition(p));
+        }
+    }
+    Ok(())
+}
+
+/// `acc += v` component-wise, mod 2^64.
+pub fn add_assign(acc: &mut [u64], v: &[u64]) {
+    for (a, b) in acc.iter_mut().zip(v) {
+        *a = a.wrapping_add(*b);
+    }
+}
+
+/// `masked - mask` component-wise, mod 2^64.
+pub fn unmask(masked: &[u64], mask: &[u64]) -> Result<Vec<u64>, ShareError> {
+    if masked.len() != mask.len() {
+        return Err(ShareError::LengthMismatch {
+            expected: masked.len(),
+            got: mask.len(),
+        });
+    }
+    Ok(masked
+        .iter()
+        .zip(mask)
+        .map(|(y, m)| y.wrapping_sub(*m))
+        .collect())
+}
+
+/// AEAD key sealing one mask sum from its computing node to the recipient.
+/// Each key is used for exactly one message, so the nonce is fixed.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct SealKey([u8; 32]);
+
+impl SealKey {
+    /// Seals a vector of `u64` (big-endian), with `aad` bound in.
+    pub fn seal(&self, values: &[u64], aad: &[u8]) -> Vec<u8> {
+        let msg: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
+        self.cipher()
+            .encrypt(&Nonce::default(), Payload { msg: &msg, aad })
+            .expect("ChaCha20-Poly1305 accepts messages of this size")
+    }
+
+    /// Opens a sealed vector of exactly `width` values.
+    pub fn open(&self, sealed: &[u8], aad: &[u8], width: usize) -> Result<Vec<u64>, ShareError> {
+        let msg = self
+            .cipher()
+            .decrypt(&Nonce::default(), Payload { msg: sealed, aad })
+            .map_err(|_| ShareError::OpenFailed)?;
+        if msg.len() != width * 8 {
+            return Err(ShareError::OpenFailed);
+        }
+        Ok(msg
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().expect("chunk of 8")))
+            .collect())
+    }
+
+    fn cipher(&self) -> ChaCha20Poly1305 {
+        ChaCha20Poly1305::new(&Key::from(self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::os_rng;
+
+    #[test]
+    fn masks_cancel() {
+        let mut rng = os_rng();
+        let sid = SessionId::random(&mut rng);
+        let (a, b) = (IdentityKey::random(&mut rng), IdentityKey::random(&mut rng));
+        let h = [7u8; 32];
+        let sa = PairwiseSecret::derive(&a, &b.public(), &sid)
+            .unwrap()
+            .mask_seed(&h, "a", "b");
+        let sb = PairwiseSecret::derive(&b, &a.public(), &sid)
+            .unwrap()
+            .mask_seed(&h, "a", "b");
+        let width = 3;
+        let plain: Vec<u64> = (0..30).map(|i| i * 1000 + u64::MAX / 3).collect();
+        let mut masked = plain.clone();
+        sa.mask_rows(&mut masked, width);
+        assert_ne!(masked, plain);
+        let positions = [1u64, 4, 9];
+        let mut ysum = vec![0u64; width];
+        let mut want = vec![0u64; width];
+        for &p in &positions {
+            let r = p as usize * width..(p as usize + 1) * width;
+            add_assign(&mut ysum, &masked[r.clone()]);
+            add_assign(&mut want, &plain[r]);
+        }
+        let m = sb.mask_sum(&positions, width, 10).unwrap();
+        assert_eq!(unmask(&ysum, &m).unwrap(), want);
+        // The seed depends on the direction.
+        let other = PairwiseSecret::derive(&b, &a.public(), &sid)
+            .unwrap()
+            .mask_seed(&h, "b", "a");
+        assert_ne!(other.mask_sum(&positions, width, 10).unwrap(), m);
+    }
+
+    #[test]
+    fn positions_are_checked() {
+        let s = MaskSeed::from_bytes([1; 32]);
+        assert_eq!(
+            s.mask_sum(&[3], 1, 3),
+            Err(ShareError::PositionOutOfRange {
+                position: 3,
+                len: 3
+            })
+        );
+        assert_eq!(
+            s.mask_sum(&[1, 1], 1, 3),
+            Err(ShareError::DuplicatePosition(1))
+        );
+    }
+
+    #[test]
+    fn sealing_round_trips_and_detects_tampering() {
+        let k = SealKey([3; 32]);
+        let mut c = k.seal(&[1, 2, u64::MAX], b"aad");
+        assert_eq!(k.open(&c, b"aad", 3).unwrap(), vec![1, 2, u64::MAX]);
+        assert_eq!(k.open(&c, b"other", 3), Err(ShareError::OpenFailed));
+        c[0] ^= 1;
+        assert_eq!(k.open(&c, b"aad", 3), Err(ShareError::OpenFailed));
+    }
+
+    #[test]
+    fn keys_parse_strictly() {
+        let k = IdentityKey::random(&mut os_rng());
+        let back = IdentityKey::from_hex(&k.to_hex()).unwrap();
+        assert_eq!(back.public(), k.public());
+        assert_eq!(
+            IdentityPublic::from_hex(&k.public().to_hex()).unwrap(),
+            k.public()
+        );
+        assert_eq!(
+            IdentityPublic::from_hex("00"),
+            Err(ShareError::InvalidPublicKey)
+        );
+        assert_eq!(
+            IdentityPublic::from_hex(&hex::encode([0u8; 32])),
+            Err(ShareError::InvalidPublicKey)
+        );
+        assert!(matches!(
+            IdentityKey::from_hex(&"ff".repeat(32)),
+            Err(ShareError::InvalidSecretKey)
+        ));
+    }
+}

@@ -1,0 +1,205 @@
+//! The in-memory protocol agrees with a plaintext join of the same data.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cleanroom::Analysis;
+use cleanroom::keys::{KeyPart, encode_key};
+use cleanroom::protocol::{ProtocolError, Row, simulate};
+use cleanroom::session::os_rng;
+use proptest::prelude::*;
+
+/// Raw rows of one party: (key id, features). Several rows may share a key.
+type RawRows = Vec<(u16, Vec<u64>)>;
+
+const FEATURES: [&str; 2] = ["f0", "f1"];
+
+fn party(i: usize) -> String {
+    format!("bank-{}", (b'a' + i as u8) as char)
+}
+
+fn analysis(n: usize, extra_privacy: &str) -> Analysis {
+    Analysis::parse(&analysis_text(n, extra_privacy)).expect("test analysis parses")
+}
+
+fn analysis_text(n: usize, extra_privacy: &str) -> String {
+    let mut t = format!("name = \"prop\"\nrecipient = \"{}\"\n", party(n - 1));
+    let mut aggs = vec!["\"count\"".to_string()];
+    for i in 0..n {
+        t += &format!(
+            "[parties.{}]\nsql = \"SELECT k, f0, f1 FROM t\"\n",
+            party(i)
+        );
+        for f in FEATURES {
+            aggs.push(format!("\"sum({}.{f})\"", party(i)));
+        }
+    }
+    t += &format!(
+        "[output]\naggregates = [{}]\n[privacy]\nmin_matched = 0\n{extra_privacy}\n",
+        aggs.join(", ")
+    );
+    t
+}
+
+/// GROUP BY key, summing features: what each node's SQL would return.
+fn group(raw: &RawRows) -> BTreeMap<u16, Vec<u64>> {
+    let mut g: BTreeMap<u16, Vec<u64>> = BTreeMap::new();
+    for (k, f) in raw {
+        let e = g.entry(*k).or_insert_with(|| vec![0; FEATURES.len()]);
+        for (a, b) in e.iter_mut().zip(f) {
+            *a += b;
+        }
+    }
+    g
+}
+
+fn key(k: u16) -> Vec<u8> {
+    encode_key(&[
+        KeyPart::Str(&format!("acct-{k}")),
+        KeyPart::Int(k as i64 % 7),
+    ])
+}
+
+fn inputs(grouped: &[BTreeMap<u16, Vec<u64>>]) -> BTreeMap<String, Vec<Row>> {
+    grouped
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let rows = g
+                .iter()
+                .map(|(k, f)| Row {
+                    key: key(*k),
+                    features: f.clone(),
+                })
+                .collect();
+            (party(i), rows)
+        })
+        .collect()
+}
+
+/// The plaintext join: count and per-party feature sums over common keys.
+fn plaintext(grouped: &[BTreeMap<u16, Vec<u64>>]) -> BTreeMap<String, i64> {
+    let common: BTreeSet<u16> = grouped[0]
+        .keys()
+        .filter(|k| grouped.iter().all(|g| g.contains_key(k)))
+        .copied()
+        .collect();
+    let mut out = BTreeMap::new();
+    out.insert("count".to_string(), common.len() as i64);
+    for (i, g) in grouped.iter().enumerate() {
+        for (fi, f) in FEATURES.iter().enumerate() {
+            let s: u64 = common.iter().map(|k| g[k][fi]).sum();
+            out.insert(format!("sum({}.{f})", party(i)), s as i64);
+        }
+    }
+    out
+}
+
+fn run(grouped: &[BTreeMap<u16, Vec<u64>>], extra_privacy: &str) -> BTreeMap<String, i64> {
+    let a = analysis(grouped.len(), extra_privacy);
+    let out = simulate(&a, &inputs(grouped), &mut os_rng()).expect("protocol runs");
+    out.release
+        .values
+        .into_iter()
+        .map(|v| (v.aggregate, v.value))
+        .collect()
+}
+
+fn raw_rows(universe: u16) -> impl Strategy<Value = RawRows> {
+    prop::collection::vec(
+        (0..universe, prop::collection::vec(0u64..1_000_000, 2)),
+        0..40,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn two_parties_agree_with_plaintext_join(a in raw_rows(30), b in raw_rows(30)) {
+        let g = [group(&a), group(&b)];
+        prop_assert_eq!(run(&g, ""), plaintext(&g));
+    }
+
+    #[test]
+    fn three_parties_agree_with_plaintext_join(a in raw_rows(20), b in raw_rows(20), c in raw_rows(20)) {
+        let g = [group(&a), group(&b), group(&c)];
+        prop_assert_eq!(run(&g, ""), plaintext(&g));
+    }
+
+    #[test]
+    fn padding_does_not_change_results(a in raw_rows(25), b in raw_rows(25)) {
+        let g = [group(&a), group(&b)];
+        prop_assert_eq!(run(&g, "pad_to_multiple = 16"), plaintext(&g));
+    }
+}
+
+fn keys(ids: impl IntoIterator<Item = u16>) -> BTreeMap<u16, Vec<u64>> {
+    ids.into_iter().map(|k| (k, vec![k as u64, 1])).collect()
+}
+
+#[test]
+fn edge_cases() {
+    for g in [
+        vec![keys([]), keys([])],
+        vec![keys([]), keys(0..10)],
+        vec![keys(0..10), keys(10..20)],
+        vec![keys(0..50), keys(0..50)],
+        vec![keys(0..50), keys(0..50), keys(0..50)],
+        vec![keys(0..30), keys(10..40), keys(20..50)],
+    ] {
+        let want = plaintext(&g);
+        assert_eq!(run(&g, ""), want);
+    }
+    assert_eq!(plaintext(&[keys(0..50), keys(0..50)])["count"], 50);
+}
+
+#[test]
+fn min_matched_refuses_release() {
+    let g = [keys(0..5), keys(0..5)];
+    let a = Analysis::parse(&analysis_text(2, "").replace("min_matched = 0", "min_matched = 6"))
+        .unwrap();
+    let err = simulate(&a, &inputs(&g), &mut os_rng()).unwrap_err();
+    assert!(
+        matches!(err, ProtocolError::TooFewMatches { matched: 5, min: 6 }),
+        "{err}"
+    );
+}
+
+#[test]
+fn duplicate_keys_are_refused() {
+    let a = analysis(2, "");
+    let mut inp = inputs(&[keys(0..3), keys(0..3)]);
+    let dup = inp.get("bank-a").unwrap()[0].clone();
+    inp.get_mut("bank-a").unwrap().push(dup);
+    let err = simulate(&a, &inp, &mut os_rng()).unwrap_err();
+    assert!(
+        matches!(err, ProtocolError::DuplicateKey { ref party } if party == "bank-a"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dp_clamps_to_bounds_and_adds_noise() {
+    let bounds = "[privacy.bounds]\n\"bank-a.f0\" = 5\n\"bank-a.f1\" = 5\n\"bank-b.f0\" = 5\n\"bank-b.f1\" = 5";
+    let g = [keys(0..40), keys(0..40)];
+    // A huge epsilon: noise is zero with overwhelming probability, so the
+    // result is the clamped plaintext.
+    let got = run(&g, &format!("epsilon = 1000000.0\n{bounds}"));
+    let clamped: Vec<BTreeMap<u16, Vec<u64>>> = g
+        .iter()
+        .map(|p| {
+            p.iter()
+                .map(|(k, f)| (*k, f.iter().map(|v| (*v).min(5)).collect()))
+                .collect()
+        })
+        .collect();
+    assert_eq!(got, plaintext(&clamped));
+    // A small epsilon: values are noisy but unbiased around the truth.
+    let truth = plaintext(&clamped)["sum(bank-a.f0)"];
+    let runs: Vec<i64> = (0..20)
+        .map(|_| run(&g, &format!("epsilon = 0.5\n{bounds}"))["sum(bank-a.f0)"])
+        .collect();
+    assert!(runs.iter().any(|&v| v != truth), "noise was added");
+    let mean = runs.iter().sum::<i64>() as f64 / runs.len() as f64;
+    assert!((mean - truth as f64).abs() < 15.0, "mean {mean} vs {truth}");
+}
