@@ -1,1 +1,14 @@
+//! # cleanroom-coordinator
+//!
+//! Runs one analysis across bank nodes ([`run::run_analysis`]): sets up the
+//! session, collects the blinded lists, routes them around the blinding
+//! ring, matches, sums the masked features, applies the release policy (and
+//! DP noise), and has the recipient's node unmask and store the result. The
+//! coordinator itself never holds an unmasked aggregate. [`demo`] runs the
+//! whole thing on synthetic bank data on loopback.
 
+pub mod cli;
+pub mod demo;
+pub mod run;
+
+pub use run::{CoordinatorError, NodeTarget, RunOptions, RunReport, run_analysis};

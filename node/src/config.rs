@@ -1,0 +1,141 @@
+//! The node's configuration file (TOML). Relative paths are resolved against
+//! the directory of the config file.
+//!
+//! ```toml
+//! name = "bank-a"                      # must match this node's certificate
+//! listen = "127.0.0.1:7001"
+//! state_dir = "state/bank-a"
+//! identity_key = "keys/bank-a.key"     # Ristretto identity (cleanroom-node keygen)
+//! authorized_coordinators = ["coordinator"]
+//! [tls]
+//! cert = "certs/bank-a.pem"
+//! key = "certs/bank-a.key"
+//! ca = "certs/ca.pem"
+//! [tables]
+//! transfers = "data/bank-a/transfers.csv"   # .csv, .parquet, .arrow / .ipc / .feather
+//! [peers]                 # pinned identity public keys: hex, or a file holding it
+//! bank-b = "keys/bank-b.pub"
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use cleanroom::protocol::PeerKeys;
+use cleanroom::share::{IdentityKey, IdentityPublic};
+use serde::Deserialize;
+
+use crate::NodeError;
+
+/// TLS files of the node (PEM).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Leaf certificate (chain) of this node.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// CA that signs the certificates of authorized coordinators.
+    pub ca: PathBuf,
+}
+
+/// A node's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Party name in analyses.
+    pub name: String,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Approvals, used session ids and results.
+    pub state_dir: PathBuf,
+    /// File holding the hex Ristretto identity secret.
+    pub identity_key: PathBuf,
+    /// Certificate names (DNS SAN) of coordinators allowed to call the node.
+    pub authorized_coordinators: Vec<String>,
+    /// TLS files.
+    pub tls: TlsFiles,
+    /// Table name → data file.
+    #[serde(default)]
+    pub tables: BTreeMap<String, PathBuf>,
+    /// Peer party name → pinned identity public key: 64 hex characters, or
+    /// the path of a file that holds them (as written by `keygen`).
+    #[serde(default)]
+    pub peers: BTreeMap<String, String>,
+}
+
+impl NodeConfig {
+    /// Reads and validates a config file, resolving relative paths.
+    pub fn load(path: &Path) -> Result<Self, NodeError> {
+        let text = std::fs::read_to_string(path).map_err(|e| NodeError::io(path, e))?;
+        let mut c: NodeConfig = toml::from_str(&text)
+            .map_err(|e| NodeError::Config(format!("{}: {}", path.display(), e.message())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        c.resolve(base);
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Makes every relative path absolute against `base`.
+    pub fn resolve(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.state_dir);
+        fix(&mut self.identity_key);
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
+        fix(&mut self.tls.ca);
+        self.tables.values_mut().for_each(fix);
+        for v in self.peers.values_mut() {
+            let is_hex = v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit());
+            if !is_hex && Path::new(v.as_str()).is_relative() {
+                *v = base.join(v.as_str()).display().to_string();
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), NodeError> {
+        if self.authorized_coordinators.is_empty() {
+            return Err(NodeError::Config(
+                "authorized_coordinators must name at least one coordinator".into(),
+            ));
+        }
+        self.peer_keys()?;
+        Ok(())
+    }
+
+    /// The pinned peer keys, parsed.
+    pub fn peer_keys(&self) -> Result<PeerKeys, NodeError> {
+        self.peers
+            .iter()
+            .map(|(name, value)| {
+                let text = if value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    value.clone()
+                } else {
+                    std::fs::read_to_string(value)
+                        .map_err(|e| NodeError::io(Path::new(value), e))?
+                };
+                IdentityPublic::from_hex(&text)
+                    .map(|k| (name.clone(), k))
+                    .map_err(|_| {
+                        NodeError::Config(format!("peers.{name}: not a valid identity public key"))
+                    })
+            })
+            .collect()
+    }
+
+    /// Loads the identity secret.
+    pub fn identity(&self) -> Result<IdentityKey, NodeError> {
+        let text = std::fs::read_to_string(&self.identity_key)
+            .map_err(|e| NodeError::io(&self.identity_key, e))?;
+        IdentityKey::from_hex(&text).map_err(|_| {
+            NodeError::Config(format!(
+                "{}: not a valid identity key",
+                self.identity_key.display()
+            ))
+        })
+    }
+}

@@ -1,0 +1,297 @@
+//! The bank's data, seen through DataFusion: table registration, the
+//! metadata-only catalog, and the party's local query turned into protocol
+//! rows (canonical keys and `u64` features).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use cleanroom::Analysis;
+use cleanroom::keys::{KeyPart, KeyType, encode_part};
+use cleanroom::protocol::Row;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::compute::{CastOptions, cast_with_options};
+use datafusion::arrow::datatypes::{DataType, Int64Type, UInt64Type};
+use datafusion::datasource::file_format::options::ArrowReadOptions;
+use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
+use thiserror::Error;
+
+/// Errors from the data layer. Messages name tables and columns, never values.
+#[derive(Debug, Error)]
+pub enum DataError {
+    /// DataFusion failed (bad SQL, unreadable file, …).
+    #[error("local query engine: {0}")]
+    Engine(String),
+    /// A table file has an extension we cannot read.
+    #[error(
+        "table {table:?}: unsupported file type {path:?} (use .csv, .parquet, .arrow, .ipc or .feather)"
+    )]
+    UnknownFormat {
+        /// Table name.
+        table: String,
+        /// File path.
+        path: PathBuf,
+    },
+    /// The query returned fewer columns than the key has parts.
+    #[error(
+        "query returns {got} columns but the key has {key_parts} parts (key columns come first)"
+    )]
+    TooFewColumns {
+        /// Columns returned.
+        got: usize,
+        /// Declared key parts.
+        key_parts: usize,
+    },
+    /// A key column has the wrong type.
+    #[error("key column {column:?} has type {found}, but the analysis declares it {expected:?}")]
+    KeyType {
+        /// Column name.
+        column: String,
+        /// Declared type.
+        expected: KeyType,
+        /// Actual Arrow type.
+        found: String,
+    },
+    /// A key column has a null.
+    #[error("key column {column:?} contains a null")]
+    NullKey {
+        /// Column name.
+        column: String,
+    },
+    /// A feature the analysis sums is not in the query output.
+    #[error("query output has no feature column {column:?} (needed by the analysis)")]
+    MissingFeature {
+        /// Column name.
+        column: String,
+    },
+    /// A feature column is not an integer column.
+    #[error("feature column {column:?} has type {found}; features must be non-negative integers")]
+    FeatureType {
+        /// Column name.
+        column: String,
+        /// Actual Arrow type.
+        found: String,
+    },
+    /// A feature column holds a negative value or a null.
+    #[error("feature column {column:?} contains a negative value or a null")]
+    BadFeatureValue {
+        /// Column name.
+        column: String,
+    },
+}
+
+impl From<datafusion::error::DataFusionError> for DataError {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        DataError::Engine(e.to_string())
+    }
+}
+
+/// Registers every configured table in a fresh DataFusion context.
+pub async fn load_tables(tables: &BTreeMap<String, PathBuf>) -> Result<SessionContext, DataError> {
+    let ctx = SessionContext::new();
+    for (name, path) in tables {
+        let p = path.to_string_lossy();
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let dotted = format!(".{ext}");
+        match ext.as_str() {
+            "csv" => {
+                ctx.register_csv(name, p.as_ref(), CsvReadOptions::new())
+                    .await?
+            }
+            "parquet" => {
+                ctx.register_parquet(name, p.as_ref(), ParquetReadOptions::default())
+                    .await?
+            }
+            "arrow" | "ipc" | "feather" => {
+                let opts = ArrowReadOptions {
+                    file_extension: &dotted,
+                    ..Default::default()
+                };
+                ctx.register_arrow(name, p.as_ref(), opts).await?
+            }
+            _ => {
+                return Err(DataError::UnknownFormat {
+                    table: name.clone(),
+                    path: path.clone(),
+                });
+            }
+        }
+    }
+    Ok(ctx)
+}
+
+/// One table of the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    /// Table name.
+    pub name: String,
+    /// (column, Arrow type) pairs.
+    pub columns: Vec<(String, String)>,
+    /// Row count rounded to two significant digits.
+    pub approx_rows: u64,
+}
+
+/// Rounds to two significant digits (so exact counts are not disclosed).
+pub fn round_count(n: u64) -> u64 {
+    if n < 100 {
+        return n.div_ceil(10) * 10;
+    }
+    let mut scale = 1u64;
+    while n / scale >= 100 {
+        scale *= 10;
+    }
+    (n + scale / 2) / scale * scale
+}
+
+/// Table names, columns, types and rounded row counts. Never rows.
+pub async fn catalog(
+    ctx: &SessionContext,
+    tables: &BTreeMap<String, PathBuf>,
+) -> Result<Vec<TableInfo>, DataError> {
+    let mut out = Vec::new();
+    for name in tables.keys() {
+        let df = ctx.table(name.as_str()).await?;
+        let columns = df
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().to_string()))
+            .collect();
+        let rows = df.count().await? as u64;
+        out.push(TableInfo {
+            name: name.clone(),
+            columns,
+            approx_rows: round_count(rows),
+        });
+    }
+    Ok(out)
+}
+
+/// Runs `party`'s query of the analysis and converts its output to rows:
+/// the first `key.len()` columns are the key parts, and the features named
+/// by the analysis are looked up by column name.
+pub async fn local_rows(
+    ctx: &SessionContext,
+    analysis: &Analysis,
+    party: &str,
+) -> Result<Vec<Row>, DataError> {
+    let sql = &analysis
+        .parties
+        .iter()
+        .find(|p| p.name == party)
+        .ok_or_else(|| DataError::Engine(format!("party {party} not in analysis")))?
+        .sql;
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let features = analysis.features(party);
+    let mut rows = Vec::new();
+    for b in &batches {
+        rows.extend(batch_rows(b, &analysis.key, &features)?);
+    }
+    Ok(rows)
+}
+
+fn batch_rows(
+    b: &RecordBatch,
+    key: &[KeyType],
+    features: &[String],
+) -> Result<Vec<Row>, DataError> {
+    let schema = b.schema();
+    if b.num_columns() < key.len() {
+        return Err(DataError::TooFewColumns {
+            got: b.num_columns(),
+            key_parts: key.len(),
+        });
+    }
+    let mut key_cols = Vec::new();
+    for (i, t) in key.iter().enumerate() {
+        let name = schema.field(i).name().clone();
+        let col = b.column(i);
+        if col.null_count() > 0 {
+            return Err(DataError::NullKey { column: name });
+        }
+        let ok = match t {
+            KeyType::String => matches!(
+                col.data_type(),
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            ),
+            KeyType::Integer => col.data_type().is_integer(),
+        };
+        if !ok {
+            return Err(DataError::KeyType {
+                column: name,
+                expected: *t,
+                found: col.data_type().to_string(),
+            });
+        }
+        let target = match t {
+            KeyType::String => DataType::Utf8,
+            KeyType::Integer => DataType::Int64,
+        };
+        key_cols.push(strict_cast(col, &target).map_err(|_| DataError::KeyType {
+            column: name,
+            expected: *t,
+            found: col.data_type().to_string(),
+        })?);
+    }
+    let mut feat_cols = Vec::new();
+    for f in features {
+        let idx = (key.len()..b.num_columns())
+            .find(|&i| schema.field(i).name() == f)
+            .ok_or_else(|| DataError::MissingFeature { column: f.clone() })?;
+        let col = b.column(idx);
+        if !col.data_type().is_integer() {
+            return Err(DataError::FeatureType {
+                column: f.clone(),
+                found: col.data_type().to_string(),
+            });
+        }
+        if col.null_count() > 0 {
+            return Err(DataError::BadFeatureValue { column: f.clone() });
+        }
+        // Casting to u64 with safe = false fails on negative values.
+        let c = strict_cast(col, &DataType::UInt64)
+            .map_err(|_| DataError::BadFeatureValue { column: f.clone() })?;
+        feat_cols.push(c);
+    }
+    let mut rows = Vec::with_capacity(b.num_rows());
+    for r in 0..b.num_rows() {
+        let mut enc = Vec::with_capacity(24);
+        for (t, c) in key.iter().zip(&key_cols) {
+            let part = match t {
+                KeyType::String => KeyPart::Str(c.as_string::<i32>().value(r)),
+                KeyType::Integer => KeyPart::Int(c.as_primitive::<Int64Type>().value(r)),
+            };
+            encode_part(part, &mut enc);
+        }
+        let features = feat_cols
+            .iter()
+            .map(|c| c.as_primitive::<UInt64Type>().value(r))
+            .collect();
+        rows.push(Row { key: enc, features });
+    }
+    Ok(rows)
+}
+
+fn strict_cast(col: &ArrayRef, to: &DataType) -> Result<ArrayRef, DataError> {
+    let opts = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    cast_with_options(col, to, &opts).map_err(|e| DataError::Engine(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_count;
+
+    #[test]
+    fn counts_are_rounded() {
+        assert_eq!(round_count(0), 0);
+        assert_eq!(round_count(7), 10);
+        assert_eq!(round_count(1234), 1200);
+        assert_eq!(round_count(98_765), 99_000);
+    }
+}

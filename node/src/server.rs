@@ -1,0 +1,65 @@
+//! Starting a node's gRPC server (mutual TLS) in-process or from the CLI.
+
+use std::net::SocketAddr;
+
+use cleanroom_proto::MAX_MESSAGE_BYTES;
+use cleanroom_proto::v1::node_server::NodeServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::service::NodeService;
+use crate::tls::TlsMaterial;
+use crate::{NodeConfig, NodeError};
+
+/// A node serving in the background. Dropping it does not stop it; call
+/// [`RunningNode::shutdown`].
+#[derive(Debug)]
+pub struct RunningNode {
+    /// The bound address (useful when the config asked for port 0).
+    pub addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl RunningNode {
+    /// Stops the server and waits for it.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .map_err(|e| NodeError::Transport(e.to_string()))?
+            .map_err(|e| NodeError::Transport(e.to_string()))
+    }
+}
+
+/// Loads everything the node needs, binds `config.listen` and serves in a
+/// background task.
+pub async fn spawn(config: NodeConfig) -> Result<RunningNode, NodeError> {
+    let tls = TlsMaterial::load(&config.tls.cert, &config.tls.key, &config.tls.ca)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| NodeError::Transport(format!("bind {}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| NodeError::Transport(e.to_string()))?;
+    let service = NodeService::new(config).await?;
+    let svc = NodeServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let router = Server::builder()
+        .tls_config(tls.server_config())
+        .map_err(|e| NodeError::Tls(e.to_string()))?
+        .add_service(svc);
+    let (stop, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = rx.await;
+            })
+            .await
+    });
+    Ok(RunningNode { addr, stop, task })
+}

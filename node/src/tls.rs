@@ -1,0 +1,130 @@
+//! Mutual TLS: development certificates (rcgen), loading PEM files into
+//! tonic's rustls configuration, and authorizing a caller by the DNS name in
+//! its client certificate. Used by the node and by the coordinator.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls_pki_types::{CertificateDer, ServerName};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+use crate::NodeError;
+
+/// A certificate, its key and the CA to trust, as PEM text.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    /// Leaf certificate chain.
+    pub cert_pem: String,
+    /// Leaf private key.
+    pub key_pem: String,
+    /// CA certificate to trust for peers.
+    pub ca_pem: String,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsMaterial(<pem>)")
+    }
+}
+
+impl TlsMaterial {
+    /// Reads the three PEM files.
+    pub fn load(cert: &Path, key: &Path, ca: &Path) -> Result<Self, NodeError> {
+        let read = |p: &Path| fs::read_to_string(p).map_err(|e| NodeError::io(p, e));
+        Ok(TlsMaterial {
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+            ca_pem: read(ca)?,
+        })
+    }
+
+    /// Reads `DIR/ca.pem`, `DIR/NAME.pem` and `DIR/NAME.key`, the layout
+    /// written by [`write_dev_certs`].
+    pub fn from_dir(dir: &Path, name: &str) -> Result<Self, NodeError> {
+        Self::load(
+            &dir.join(format!("{name}.pem")),
+            &dir.join(format!("{name}.key")),
+            &dir.join("ca.pem"),
+        )
+    }
+
+    /// Server side: present our certificate, require a client certificate
+    /// signed by the CA.
+    pub fn server_config(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+            .client_auth_optional(false)
+    }
+
+    /// Client side: present our certificate and expect the server to hold a
+    /// certificate for `server_name`, signed by the CA.
+    pub fn client_config(&self, server_name: &str) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .domain_name(server_name)
+    }
+}
+
+/// Returns the first of `allowed` that the (already chain-verified) peer
+/// certificate is valid for, if any.
+pub fn authorized_name<'a>(peer: &CertificateDer<'_>, allowed: &'a [String]) -> Option<&'a str> {
+    let cert = webpki::EndEntityCert::try_from(peer).ok()?;
+    allowed.iter().map(String::as_str).find(|name| {
+        ServerName::try_from(*name)
+            .map(|sn| cert.verify_is_valid_for_subject_name(&sn).is_ok())
+            .unwrap_or(false)
+    })
+}
+
+/// Writes a development CA and one leaf certificate per name into `dir`:
+/// `ca.pem`, `ca.key`, `NAME.pem`, `NAME.key`. Each leaf is valid for the DNS
+/// name `NAME` (and `localhost`, 127.0.0.1) as both TLS server and client.
+/// For development and tests only: production uses the bank's own PKI.
+pub fn write_dev_certs(dir: &Path, names: &[String]) -> Result<Vec<PathBuf>, NodeError> {
+    let err = |e: rcgen::Error| NodeError::Tls(e.to_string());
+    fs::create_dir_all(dir).map_err(|e| NodeError::io(dir, e))?;
+    let ca_key = KeyPair::generate().map_err(err)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "cleanroom development CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
+    let mut written = Vec::new();
+    let mut write = |name: String, body: String| -> Result<(), NodeError> {
+        let p = dir.join(name);
+        fs::write(&p, body).map_err(|e| NodeError::io(&p, e))?;
+        written.push(p);
+        Ok(())
+    };
+    write("ca.pem".into(), ca_cert.pem())?;
+    write("ca.key".into(), ca_key.serialize_pem())?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    for name in names {
+        if ServerName::try_from(name.as_str()).is_err() || name.contains('/') {
+            return Err(NodeError::Tls(format!("{name:?} is not a valid DNS name")));
+        }
+        let key = KeyPair::generate().map_err(err)?;
+        let mut params =
+            CertificateParams::new(vec![name.clone(), "localhost".into(), "127.0.0.1".into()])
+                .map_err(err)?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, name.as_str());
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &issuer).map_err(err)?;
+        write(format!("{name}.pem"), cert.pem())?;
+        write(format!("{name}.key"), key.serialize_pem())?;
+    }
+    Ok(written)
+}
