@@ -36,13 +36,29 @@ enum Command {
         name: String,
     },
     /// Synthetic two-bank fraud demo on loopback (the default command).
-    Demo,
+    Demo {
+        /// Instead of running, write the synthetic banks' CSV files into
+        /// DIR/bank-a and DIR/bank-b (for running nodes by hand).
+        #[arg(long, value_name = "DIR")]
+        write_data: Option<PathBuf>,
+        /// With --write-data: ordinary accounts at Bank B.
+        #[arg(long, default_value_t = 2_000)]
+        accounts: usize,
+        /// With --write-data: planted mule accounts.
+        #[arg(long, default_value_t = 24)]
+        mules: usize,
+    },
 }
 
 /// Runs the CLI.
 pub async fn run(cli: Cli) -> Result<()> {
     let progress = std::io::stderr().is_terminal();
-    match cli.command.unwrap_or(Command::Demo) {
+    let default = Command::Demo {
+        write_data: None,
+        accounts: 2_000,
+        mules: 24,
+    };
+    match cli.command.unwrap_or(default) {
         Command::Run {
             analysis,
             nodes,
@@ -64,7 +80,22 @@ pub async fn run(cli: Cli) -> Result<()> {
                 report.recipient
             );
         }
-        Command::Demo => {
+        Command::Demo {
+            write_data: Some(dir),
+            accounts,
+            mules,
+        } => {
+            let data = crate::demo::generate(2026, accounts, mules);
+            crate::demo::write_csvs(&data, &dir.join("bank-a"), &dir.join("bank-b"))?;
+            println!(
+                "wrote {} and {}",
+                dir.join("bank-a").display(),
+                dir.join("bank-b").display()
+            );
+        }
+        Command::Demo {
+            write_data: None, ..
+        } => {
             let (release, truth) = run_demo(progress).await?;
             print!("{}", format_demo(&release, &truth));
             if release

@@ -120,6 +120,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             let name = cfg.name.clone();
             let node = server::spawn(cfg).await?;
             tracing::info!(party = %name, addr = %node.addr, "serving");
+            // The bound address on stdout, so scripts can use port 0.
+            println!("listening on {}", node.addr);
             tokio::signal::ctrl_c()
                 .await
                 .context("waiting for Ctrl-C")?;
@@ -143,6 +145,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                     "{} exists; refusing to overwrite an identity key",
                     out.display()
                 );
+            }
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
             }
             let key = IdentityKey::random(&mut os_rng());
             std::fs::write(&out, key.to_hex())

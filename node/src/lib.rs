@@ -25,12 +25,12 @@ pub use state::StateDir;
 #[derive(Debug, Error)]
 pub enum NodeError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (shown in the message, not chained, to print it once).
+        cause: std::io::Error,
     },
     /// The config file is invalid.
     #[error("config: {0}")]
@@ -62,10 +62,10 @@ pub enum NodeError {
 }
 
 impl NodeError {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: &Path, cause: std::io::Error) -> Self {
         NodeError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         }
     }
 }
