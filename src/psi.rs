@@ -128,7 +128,7 @@ impl BlindingKey {
         if out_len != POINT_LEN && out_len != TRUNCATED_LEN {
             return Err(PsiError::BadOutputLength(out_len));
         }
-        if points.len() % POINT_LEN != 0 {
+        if !points.len().is_multiple_of(POINT_LEN) {
             return Err(PsiError::RaggedBuffer { len: points.len() });
         }
         let n = points.len() / POINT_LEN;
@@ -169,7 +169,7 @@ fn write_compressed(pts: &[RistrettoPoint], out: &mut [u8], len: usize) {
 
 /// Truncates a flat buffer of full points to [`TRUNCATED_LEN`] bytes each.
 pub fn truncate(points: &[u8]) -> Result<Vec<u8>, PsiError> {
-    if points.len() % POINT_LEN != 0 {
+    if !points.len().is_multiple_of(POINT_LEN) {
         return Err(PsiError::RaggedBuffer { len: points.len() });
     }
     Ok(points

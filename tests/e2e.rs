@@ -431,3 +431,51 @@ async fn bad_query_output_is_a_clear_error() {
     assert!(cluster.results(1).is_empty());
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_lists_metadata_only() {
+    let banks = banks(2, 8);
+    let cluster = Cluster::start(&banks, &[]).await;
+    let channel = Endpoint::from_shared(format!("https://{}", cluster.nodes[0].addr))
+        .unwrap()
+        .tls_config(cluster.tls("coordinator").client_config("bank-a"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = NodeClient::new(channel);
+    let health = client
+        .health(cleanroom_proto::v1::HealthRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.party, "bank-a");
+    let cat = client
+        .catalog(cleanroom_proto::v1::CatalogRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cat.tables.len(), 1);
+    let t = &cat.tables[0];
+    assert_eq!(t.name, "accounts");
+    let cols: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(cols, ["acct", "amount"]);
+    assert_eq!(t.approx_rows, 400);
+    // No value from the table appears in the answer.
+    let text = format!("{cat:?}");
+    assert!(!text.contains("ACC-") && !text.contains(&banks[0].rows[0].1.to_string()));
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_matches_plaintext_truth() {
+    logs();
+    let (release, truth) = cleanroom_coordinator::demo::run_demo(false).await.unwrap();
+    let got: BTreeMap<String, i64> = release
+        .values
+        .iter()
+        .map(|v| (v.aggregate.clone(), v.value))
+        .collect();
+    assert_eq!(got, truth);
+    assert!(truth["count"] >= 10);
+}

@@ -203,3 +203,63 @@ fn dp_clamps_to_bounds_and_adds_noise() {
     let mean = runs.iter().sum::<i64>() as f64 / runs.len() as f64;
     assert!((mean - truth as f64).abs() < 15.0, "mean {mean} vs {truth}");
 }
+
+#[test]
+fn node_steps_refuse_misuse() {
+    use cleanroom::SessionId;
+    use cleanroom::protocol::{NodeSession, PeerKeys};
+    use cleanroom::share::IdentityKey;
+
+    let a = analysis(2, "");
+    let mut rng = os_rng();
+    let sid = SessionId::random(&mut rng);
+    let ids = [IdentityKey::random(&mut rng), IdentityKey::random(&mut rng)];
+    let peers: PeerKeys = [
+        ("bank-a".to_string(), ids[0].public()),
+        ("bank-b".to_string(), ids[1].public()),
+    ]
+    .into();
+    let mut na = NodeSession::new(&a, sid, "bank-a", &ids[0], &peers, &mut rng).unwrap();
+    let nb = NodeSession::new(&a, sid, "bank-b", &ids[1], &peers, &mut rng).unwrap();
+    let list = na
+        .prepare(inputs(&[keys(0..20)])["bank-a"].clone(), &mut rng)
+        .unwrap();
+    // Nobody re-blinds its own list.
+    assert!(matches!(
+        na.reblind(0, &list.points),
+        Err(ProtocolError::Violation(_))
+    ));
+    // Only the unmasker of a list sums its masks, and only once.
+    let pos: Vec<u64> = (0..10).collect();
+    assert!(matches!(
+        na.mask_sum(0, &pos, list.len),
+        Err(ProtocolError::Violation(_))
+    ));
+    assert!(na.mask_sum(1, &pos, 20).is_ok());
+    assert!(matches!(
+        na.mask_sum(1, &pos[..5], 20),
+        Err(ProtocolError::Violation(_))
+    ));
+    // Wrong width rows and a non-party are refused.
+    let bad = vec![Row {
+        key: key(1),
+        features: vec![1],
+    }];
+    assert!(matches!(
+        nb.prepare(bad, &mut rng),
+        Err(ProtocolError::WidthMismatch {
+            expected: 2,
+            got: 1,
+            ..
+        })
+    ));
+    assert!(matches!(
+        NodeSession::new(&a, sid, "bank-z", &ids[0], &peers, &mut rng),
+        Err(ProtocolError::UnknownParty(_))
+    ));
+    let only_b: PeerKeys = [("bank-b".to_string(), ids[1].public())].into();
+    assert!(matches!(
+        NodeSession::new(&a, sid, "bank-b", &ids[1], &only_b, &mut rng),
+        Err(ProtocolError::MissingPeerKey(p)) if p == "bank-a"
+    ));
+}

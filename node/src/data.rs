@@ -295,3 +295,123 @@ mod tests {
         assert_eq!(round_count(98_765), 99_000);
     }
 }
+
+#[cfg(test)]
+mod format_tests {
+    use std::sync::Arc;
+
+    use cleanroom::keys::encode_key;
+    use datafusion::arrow::array::{Int32Array, Int64Array, StringArray, UInt32Array};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::arrow::ipc::writer::FileWriter;
+    use datafusion::parquet::arrow::ArrowWriter;
+
+    use super::*;
+
+    fn batch() -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new("acct", DataType::Utf8, false),
+            Field::new("day", DataType::Int32, false),
+            Field::new("amount", DataType::UInt32, false),
+            Field::new("signed", DataType::Int64, true),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(StringArray::from(vec!["x", "y", "x"])),
+                Arc::new(Int32Array::from(vec![1, 1, 1])),
+                Arc::new(UInt32Array::from(vec![5, 7, 9])),
+                Arc::new(Int64Array::from(vec![Some(-1), None, Some(3)])),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn analysis(sql: &str) -> Analysis {
+        Analysis::parse(&format!(
+            "name = \"t\"\nrecipient = \"a\"\nkey = [\"string\", \"integer\"]\n[parties.a]\nsql = \"{sql}\"\n\
+             [parties.b]\nsql = \"SELECT 1\"\n[output]\naggregates = [\"sum(a.amount)\"]\n"
+        ))
+        .unwrap()
+    }
+
+    async fn ctx(dir: &std::path::Path) -> SessionContext {
+        let b = batch();
+        let pq = dir.join("t.parquet");
+        let mut w =
+            ArrowWriter::try_new(std::fs::File::create(&pq).unwrap(), b.schema(), None).unwrap();
+        w.write(&b).unwrap();
+        w.close().unwrap();
+        let ipc = dir.join("t.arrow");
+        let mut w = FileWriter::try_new(std::fs::File::create(&ipc).unwrap(), &b.schema()).unwrap();
+        w.write(&b).unwrap();
+        w.finish().unwrap();
+        load_tables(&BTreeMap::from([
+            ("p".to_string(), pq),
+            ("i".to_string(), ipc),
+        ]))
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn parquet_and_arrow_ipc_tables_feed_the_protocol() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = ctx(tmp.path()).await;
+        for table in ["p", "i"] {
+            let a = analysis(&format!(
+                "SELECT acct, day, sum(amount) AS amount FROM {table} GROUP BY acct, day ORDER BY acct"
+            ));
+            let rows = local_rows(&ctx, &a, "a").await.unwrap();
+            let want = vec![
+                Row {
+                    key: encode_key(&[KeyPart::Str("x"), KeyPart::Int(1)]),
+                    features: vec![14],
+                },
+                Row {
+                    key: encode_key(&[KeyPart::Str("y"), KeyPart::Int(1)]),
+                    features: vec![7],
+                },
+            ];
+            assert_eq!(rows, want, "table {table}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_outputs_name_the_column() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = ctx(tmp.path()).await;
+        let run = |sql: &str| {
+            let a = analysis(sql);
+            let ctx = ctx.clone();
+            async move { local_rows(&ctx, &a, "a").await.unwrap_err() }
+        };
+        let e = run("SELECT day, acct, amount FROM p").await;
+        assert!(
+            matches!(e, DataError::KeyType { ref column, .. } if column == "day"),
+            "{e}"
+        );
+        let e = run("SELECT acct, day, signed AS amount FROM p").await;
+        assert!(
+            matches!(e, DataError::BadFeatureValue { ref column } if column == "amount"),
+            "{e}"
+        );
+        let e = run("SELECT acct, day FROM p").await;
+        assert!(
+            matches!(e, DataError::MissingFeature { ref column } if column == "amount"),
+            "{e}"
+        );
+        let e = run("SELECT CASE WHEN amount > 6 THEN acct END AS k, day, amount FROM p").await;
+        assert!(
+            matches!(e, DataError::NullKey { ref column } if column == "k"),
+            "{e}"
+        );
+        let e = run("SELECT acct, day, CAST(amount AS DOUBLE) AS amount FROM p").await;
+        assert!(
+            matches!(e, DataError::FeatureType { ref column, .. } if column == "amount"),
+            "{e}"
+        );
+        let e = run("SELECT acct, day, amount FROM nosuchtable").await;
+        assert!(matches!(e, DataError::Engine(_)), "{e}");
+    }
+}

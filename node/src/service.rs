@@ -1,7 +1,7 @@
 //! The node's gRPC service: authorizes the caller, checks every message
 //! against its session, and drives the core crate's [`NodeSession`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -29,6 +29,9 @@ struct Session {
     analysis: Analysis,
     proto: RwLock<NodeSession>,
     local_done: AtomicBool,
+    /// Lists this node has started re-blinding: one stream per list, so the
+    /// node cannot be used as a blinding oracle.
+    reblinded: Mutex<HashSet<u32>>,
 }
 
 /// The gRPC service: a cheap handle on the node's shared state.
@@ -196,6 +199,7 @@ impl NodeState {
             analysis,
             proto: RwLock::new(proto),
             local_done: AtomicBool::new(false),
+            reblinded: Mutex::new(HashSet::new()),
         }))
     }
 }
@@ -328,7 +332,19 @@ impl Node for NodeService {
                                 "a re-blind stream must carry one list of one session",
                             ));
                         }
-                        None => bound = Some((s.clone(), msg.owner)),
+                        None => {
+                            if !s
+                                .reblinded
+                                .lock()
+                                .expect("session lock poisoned")
+                                .insert(msg.owner)
+                            {
+                                return Err(Status::failed_precondition(
+                                    "this list was already re-blinded here",
+                                ));
+                            }
+                            bound = Some((s.clone(), msg.owner))
+                        }
                         _ => {}
                     }
                     let points = msg.points;
@@ -389,7 +405,7 @@ impl Node for NodeService {
         };
         let release = s
             .proto
-            .read()
+            .write()
             .expect("session lock poisoned")
             .unmask_release(&delivery)
             .map_err(proto_status)?;

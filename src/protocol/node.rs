@@ -59,6 +59,8 @@ pub struct NodeSession {
     seal: Option<SealKey>,
     open_keys: Vec<Option<SealKey>>,
     kept: Option<Vec<u64>>,
+    mask_sum_done: bool,
+    delivered: bool,
 }
 
 impl std::fmt::Debug for NodeSession {
@@ -133,6 +135,8 @@ impl NodeSession {
             seal,
             open_keys,
             kept: None,
+            mask_sum_done: false,
+            delivered: false,
         })
     }
 
@@ -241,7 +245,8 @@ impl NodeSession {
     /// Step 5: sums the masks of the matched positions of the predecessor's
     /// list (of `list_len` rows) and seals the sum for the recipient (or keeps
     /// it, when this node is the recipient). Without DP, refuses position
-    /// lists shorter than `min_matched`.
+    /// lists shorter than `min_matched`. Answers once per session: a second
+    /// position set would let the recipient learn sums over subsets.
     pub fn mask_sum(
         &mut self,
         owner: usize,
@@ -254,6 +259,11 @@ impl NodeSession {
                 "party {} does not hold the mask seed of list {owner}",
                 self.name(self.me)
             )));
+        }
+        if self.mask_sum_done {
+            return Err(ProtocolError::Violation(
+                "mask sum already computed in this session".into(),
+            ));
         }
         let owner_name = self.name(owner).to_string();
         let width = self.analysis.features(&owner_name).len();
@@ -271,6 +281,7 @@ impl NodeSession {
             });
         }
         let sum = self.pred_seed.mask_sum(positions, width, list_len)?;
+        self.mask_sum_done = true;
         match &self.seal {
             Some(key) => Ok(MaskShare::Sealed(
                 key.seal(&sum, &aad(&self.sid, &self.hash, &owner_name)),
@@ -284,8 +295,14 @@ impl NodeSession {
 
     /// Step 6, at the recipient: opens the sealed mask sums, unmasks the
     /// coordinator's sums and assembles the release in aggregate order.
-    pub fn unmask_release(&self, delivery: &Delivery) -> Result<Release, ProtocolError> {
+    /// Succeeds at most once per session.
+    pub fn unmask_release(&mut self, delivery: &Delivery) -> Result<Release, ProtocolError> {
         let n = self.analysis.parties.len();
+        if self.delivered {
+            return Err(ProtocolError::Violation(
+                "a result was already delivered in this session".into(),
+            ));
+        }
         if self.open_keys.is_empty() {
             return Err(ProtocolError::Violation(format!(
                 "party {} is not the recipient",
@@ -358,6 +375,7 @@ impl NodeSession {
                 })
             })
             .collect::<Result<_, ProtocolError>>()?;
+        self.delivered = true;
         Ok(Release {
             analysis: self.analysis.name.clone(),
             analysis_hash: self.hash.to_hex(),
