@@ -36,6 +36,11 @@ use crate::keys::KeyType;
 
 /// Default for `privacy.min_matched` when the file does not set it.
 pub const DEFAULT_MIN_MATCHED: u64 = 10;
+/// Delta of the noisy match count that unmaskers see under DP (DESIGN.md
+/// step 7) when the analysis gives no `delta`.
+pub const DEFAULT_COUNT_HIDING_DELTA: f64 = 1e-9;
+/// Most dummy rows per list that hiding the match count may require.
+pub const MAX_DUMMY_ROWS: u64 = 1_000_000;
 
 /// Why an analysis file was rejected.
 #[derive(Debug, Error, PartialEq)]
@@ -90,6 +95,11 @@ pub enum AnalysisError {
     /// A bound names a feature that is not summed, or bounds without epsilon.
     #[error("privacy: bound {0:?} does not belong to a summed feature of a DP analysis")]
     UnusedBound(String),
+    /// Epsilon so small that hiding the match count needs too many dummies.
+    #[error(
+        "privacy: epsilon {0} would need more than {MAX_DUMMY_ROWS} dummy rows per list to hide the match count"
+    )]
+    TooManyDummies(f64),
     /// `pad_to_multiple` of zero.
     #[error("privacy: pad_to_multiple must be >= 1")]
     BadPadding,
@@ -144,6 +154,14 @@ pub struct DpSpec {
 }
 
 impl DpSpec {
+    /// Shift of the truncated discrete Laplace that hides the match count
+    /// from unmaskers (step 7): `ceil(ln(1/δ) / ε)`, so that truncating to
+    /// `[0, 2·shift]` costs at most δ.
+    pub fn dummy_shift(&self) -> u64 {
+        let delta = self.delta.unwrap_or(DEFAULT_COUNT_HIDING_DELTA);
+        ((1.0 / delta).ln() / self.epsilon).ceil().max(1.0) as u64
+    }
+
     /// The noise for a value of the given sensitivity.
     pub fn noise(&self, sensitivity: u64) -> Result<Noise, DpError> {
         match self.mechanism {
@@ -389,6 +407,9 @@ impl Analysis {
                 if let Some(b) = spec.bounds.keys().find(|b| !summed.contains(*b)) {
                     return Err(AnalysisError::UnusedBound(b.clone()));
                 }
+                if 2 * spec.dummy_shift() > MAX_DUMMY_ROWS {
+                    return Err(AnalysisError::TooManyDummies(epsilon));
+                }
                 Some(spec)
             }
         };
@@ -445,6 +466,12 @@ impl Analysis {
         out
     }
 
+    /// Dummy rows each node adds under DP so the coordinator can hide the
+    /// match count from unmaskers (step 7): twice the shift; 0 without DP.
+    pub fn dp_dummy_rows(&self) -> u64 {
+        self.privacy.dp.as_ref().map_or(0, |d| 2 * d.dummy_shift())
+    }
+
     /// The DP bound of a party's feature, if the analysis is DP.
     pub fn bound(&self, party: &str, column: &str) -> Option<u64> {
         let dp = self.privacy.dp.as_ref()?;
@@ -486,6 +513,8 @@ epsilon = 1.0
         assert_eq!(a.key, vec![KeyType::String]);
         assert_eq!(a.privacy.min_matched, 10);
         assert_eq!(a.bound("bank-a", "amount"), Some(100_000_000));
+        // ln(1e9) / 1.0 = 20.7 → shift 21, 42 dummy rows per list.
+        assert_eq!(a.dp_dummy_rows(), 42);
     }
 
     #[test]

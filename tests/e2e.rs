@@ -479,3 +479,57 @@ async fn demo_matches_plaintext_truth() {
     assert_eq!(got, truth);
     assert!(truth["count"] >= 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dp_run_over_grpc_hides_count_and_releases_noisy_values() {
+    let banks = banks(2, 9);
+    // Caps above every per-key value, so nothing is clamped.
+    let bounds = "[privacy.bounds]\n\"bank-a.amount\" = 1000000000\n\"bank-a.n\" = 100\n\"bank-b.amount\" = 1000000000\n\"bank-b.n\" = 100\n";
+    // A huge epsilon: the count and the n sums get zero noise with
+    // overwhelming probability, the amount sums noise of scale 1e3; the
+    // values must equal the plaintext join through the dummy rows.
+    let exact = analysis_text(2, 1, 1).replace(
+        "min_matched = 1\n",
+        &format!("min_matched = 1\nepsilon = 1000000.0\n{bounds}"),
+    );
+    let noisy = analysis_text(2, 1, 1).replace(
+        "min_matched = 1\n",
+        &format!("min_matched = 1\nepsilon = 0.5\n{bounds}"),
+    );
+    let cluster = Cluster::start(&banks, &[&exact, &noisy]).await;
+    let want = plaintext(&banks);
+    let r = cluster.run(&exact, "coordinator").await.unwrap();
+    let stored = StateDir::open(cluster.state_dir(1))
+        .unwrap()
+        .result(&r.sid)
+        .unwrap();
+    assert!(stored.noisy);
+    for v in &stored.values {
+        let tolerance = if v.aggregate.contains("amount") {
+            100_000
+        } else {
+            0
+        };
+        assert!(
+            (v.value - want[&v.aggregate]).abs() <= tolerance,
+            "{}: {} vs {}",
+            v.aggregate,
+            v.value,
+            want[&v.aggregate]
+        );
+    }
+    // A real epsilon: the amount sums carry noise of scale 2e9.
+    let r = cluster.run(&noisy, "coordinator").await.unwrap();
+    let stored = StateDir::open(cluster.state_dir(1))
+        .unwrap()
+        .result(&r.sid)
+        .unwrap();
+    let amount = stored
+        .values
+        .iter()
+        .find(|v| v.aggregate == "sum(bank-a.amount)")
+        .unwrap()
+        .value;
+    assert_ne!(amount, want["sum(bank-a.amount)"]);
+    cluster.stop().await;
+}

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use cleanroom::protocol::{ProtocolError, match_lists, noisy_release, ring, sum_masked};
+use cleanroom::protocol::{
+    ProtocolError, add_dummy_positions, match_lists, noisy_release, ring, sum_masked,
+};
 use cleanroom::psi::{POINT_LEN, TRUNCATED_LEN};
 use cleanroom::session::os_rng;
 use cleanroom::{Analysis, AnalysisHash, SessionId};
@@ -194,6 +196,7 @@ struct List {
     masked: Vec<u64>,
     len: u64,
     width: usize,
+    dummies: Vec<u64>,
 }
 
 /// Runs `analysis_text` across `targets` with the coordinator's TLS identity.
@@ -341,7 +344,16 @@ async fn drive(
     // Step 4: match.
     let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
     let refs: Vec<&[u8]> = finals.iter().map(Vec::as_slice).collect();
-    let matches = match_lists(&refs, TRUNCATED_LEN, &names)?;
+    let mut matches = match_lists(&refs, TRUNCATED_LEN, &names)?;
+    // Step 7 (DP): hide the match count from the unmaskers.
+    for (owner, list) in lists.iter().enumerate() {
+        add_dummy_positions(
+            analysis,
+            &mut matches.positions[owner],
+            &list.dummies,
+            &mut os_rng(),
+        )?;
+    }
 
     // Step 5: masked sums; release policy and DP noise before anything is unmasked.
     let mut sums = lists
@@ -421,6 +433,7 @@ async fn collect_list(
         .into_inner();
     let mut points = Vec::new();
     let mut masked = Vec::new();
+    let mut dummies = Vec::new();
     let mut total = None;
     while let Some(chunk) = stream.message().await.map_err(p.fail("local step"))? {
         if *total.get_or_insert(chunk.total_rows) != chunk.total_rows {
@@ -431,18 +444,31 @@ async fn collect_list(
         {
             return Err(p.bad("chunk sizes do not match the analysis"));
         }
+        if !chunk.dummy_positions.is_empty() && !points.is_empty() {
+            return Err(p.bad("dummy positions outside the first chunk"));
+        }
         points.extend_from_slice(&chunk.points);
         masked.extend_from_slice(&chunk.masked);
+        dummies.extend_from_slice(&chunk.dummy_positions);
     }
     let len = total.unwrap_or(0);
     if points.len() as u64 != len * POINT_LEN as u64 {
         return Err(p.bad("list shorter or longer than announced"));
+    }
+    let mut distinct = dummies.clone();
+    distinct.dedup();
+    if distinct.len() != dummies.len()
+        || !dummies.is_sorted()
+        || dummies.last().is_some_and(|&d| d >= len)
+    {
+        return Err(p.bad("dummy positions must be distinct, ascending and inside the list"));
     }
     Ok(List {
         points,
         masked,
         len,
         width,
+        dummies,
     })
 }
 

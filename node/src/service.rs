@@ -296,6 +296,11 @@ impl Node for NodeService {
                     points: pts.to_vec(),
                     masked: list.masked[start..start + rows * width].to_vec(),
                     total_rows: total,
+                    dummy_positions: if i == 0 {
+                        list.dummies.clone()
+                    } else {
+                        Vec::new()
+                    },
                 })
             })
             .collect();

@@ -77,3 +77,100 @@ pub fn noisy_release<R: CryptoRng + ?Sized>(
     }
     Ok(count)
 }
+
+/// Step 7 (DP only): hides the match count from the unmasker of a list.
+/// Draws `z` from a discrete Laplace of scale `1/ε` shifted by
+/// [`crate::analysis::DpSpec::dummy_shift`] and truncated to `[0, 2·shift]`,
+/// and appends `z` of the list's dummy positions (zero features) to the
+/// matched positions, then sorts them. Sums are unchanged; the unmasker sees
+/// `m + z`. Without DP, does nothing (and expects no dummies).
+pub fn add_dummy_positions<R: CryptoRng + ?Sized>(
+    analysis: &Analysis,
+    positions: &mut Vec<u64>,
+    dummies: &[u64],
+    rng: &mut R,
+) -> Result<(), ProtocolError> {
+    let expected = analysis.dp_dummy_rows() as usize;
+    if dummies.len() != expected {
+        return Err(ProtocolError::Violation(format!(
+            "list announces {} dummy rows, the analysis requires {expected}",
+            dummies.len()
+        )));
+    }
+    let Some(dp) = &analysis.privacy.dp else {
+        return Ok(());
+    };
+    let shift = dp.dummy_shift() as i64;
+    let noise = crate::dp::Noise::laplace(dp.epsilon, 1)?;
+    let z = loop {
+        let z = shift + noise.sample(rng);
+        if (0..=2 * shift).contains(&z) {
+            break z as usize;
+        }
+    };
+    let matched: std::collections::HashSet<u64> = positions.iter().copied().collect();
+    if dummies.iter().any(|d| matched.contains(d)) {
+        return Err(ProtocolError::Violation("a dummy row matched".into()));
+    }
+    let mut pool = dummies.to_vec();
+    let (chosen, _) = rand::seq::SliceRandom::partial_shuffle(pool.as_mut_slice(), rng, z);
+    positions.extend_from_slice(chosen);
+    positions.sort_unstable();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    use super::*;
+
+    fn analysis(privacy: &str) -> Analysis {
+        Analysis::parse(&format!(
+            "name = \"t\"\nrecipient = \"a\"\n[parties.a]\nsql = \"s\"\n[parties.b]\nsql = \"s\"\n\
+             [output]\naggregates = [\"count\"]\n[privacy]\n{privacy}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn dummy_positions_hide_the_count() {
+        let a = analysis("epsilon = 0.5");
+        let shift = a.privacy.dp.as_ref().unwrap().dummy_shift();
+        assert_eq!(shift, 42); // ceil(ln(1e9) / 0.5)
+        let dummies: Vec<u64> = (100..100 + 2 * shift).collect();
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let mut total = 0u64;
+        for _ in 0..2000 {
+            let mut pos = vec![1, 5, 7];
+            add_dummy_positions(&a, &mut pos, &dummies, &mut rng).unwrap();
+            let z = pos.len() as u64 - 3;
+            assert!(z <= 2 * shift);
+            assert!(pos.windows(2).all(|w| w[0] < w[1]), "sorted and distinct");
+            assert!(pos[3..].iter().all(|p| dummies.contains(p)));
+            total += z;
+        }
+        let mean = total as f64 / 2000.0;
+        assert!((mean - shift as f64).abs() < 0.5, "mean {mean}");
+    }
+
+    #[test]
+    fn dummy_lists_are_checked() {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let a = analysis("epsilon = 1.0");
+        assert!(matches!(
+            add_dummy_positions(&a, &mut vec![1], &[2, 3], &mut rng),
+            Err(ProtocolError::Violation(_))
+        ));
+        let dummies: Vec<u64> = (0..a.dp_dummy_rows()).collect();
+        assert!(matches!(
+            add_dummy_positions(&a, &mut vec![0], &dummies, &mut rng),
+            Err(ProtocolError::Violation(_))
+        ));
+        let plain = analysis("min_matched = 1");
+        let mut pos = vec![4];
+        add_dummy_positions(&plain, &mut pos, &[], &mut rng).unwrap();
+        assert_eq!(pos, vec![4]);
+    }
+}

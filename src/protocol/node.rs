@@ -32,6 +32,9 @@ pub struct PreparedList {
     pub width: usize,
     /// Rows, including padding.
     pub len: u64,
+    /// Positions (ascending) of the DP dummy rows the coordinator may add to
+    /// position lists to hide the match count (step 7); empty without DP.
+    pub dummies: Vec<u64>,
 }
 
 /// The result of a mask-sum request (step 5).
@@ -155,8 +158,9 @@ impl NodeSession {
     }
 
     /// Step 2: checks the local rows (one per key, right width, sums that fit
-    /// in i64), clamps features to their DP bounds, shuffles, pads with dummy
-    /// rows when the analysis asks, blinds the keys and masks the features.
+    /// in i64), clamps features to their DP bounds, pads with dummy rows
+    /// (random keys, zero features) for `pad_to_multiple` and under DP,
+    /// shuffles, blinds the keys and masks the features.
     pub fn prepare<R: CryptoRng + ?Sized>(
         &self,
         mut rows: Vec<Row>,
@@ -194,21 +198,37 @@ impl NodeSession {
             });
         }
         drop(seen);
-        rows.shuffle(rng);
-        if let Some(m) = self.analysis.privacy.pad_to_multiple {
-            let target = (rows.len() as u64).div_ceil(m).max(1) * m;
-            while (rows.len() as u64) < target {
+        // Padding dummies hide the list size up to the bucket; DP dummies
+        // (step 7) let the coordinator hide the match count from unmaskers.
+        let real = rows.len() as u64;
+        let padded = match self.analysis.privacy.pad_to_multiple {
+            Some(m) => real.div_ceil(m).max(1) * m,
+            None => real,
+        };
+        let total = padded + self.analysis.dp_dummy_rows();
+        let mut order: Vec<u64> = (0..total).collect();
+        order.shuffle(rng);
+        let mut slots: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
+        let mut dummies = Vec::new();
+        let rows: Vec<Row> = order
+            .iter()
+            .enumerate()
+            .map(|(pos, &src)| {
+                if src < real {
+                    return slots[src as usize].take().expect("each row is placed once");
+                }
+                if src >= padded {
+                    dummies.push(pos as u64);
+                }
                 let mut key = vec![0u8; 33];
                 key[0] = TAG_DUMMY;
                 rng.fill_bytes(&mut key[1..]);
-                rows.push(Row {
+                Row {
                     key,
                     features: vec![0; width],
-                });
-            }
-            // Dummies must not sit at the end of the list.
-            rows.shuffle(rng);
-        }
+                }
+            })
+            .collect();
         let keys: Vec<&[u8]> = rows.iter().map(|r| r.key.as_slice()).collect();
         let points = self.blinding.blind_keys(&self.hasher, &keys);
         let mut masked: Vec<u64> = rows
@@ -221,6 +241,7 @@ impl NodeSession {
             masked,
             width,
             len: rows.len() as u64,
+            dummies,
         })
     }
 

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use rand::CryptoRng;
 
 use super::{
-    Delivery, MaskShare, NodeSession, PeerKeys, ProtocolError, Release, Row, match_lists,
-    noisy_release, party_index, ring, sum_masked,
+    Delivery, MaskShare, NodeSession, PeerKeys, ProtocolError, Release, Row, add_dummy_positions,
+    match_lists, noisy_release, party_index, ring, sum_masked,
 };
 use crate::analysis::Analysis;
 use crate::psi::TRUNCATED_LEN;
@@ -66,7 +66,11 @@ pub fn simulate<R: CryptoRng + ?Sized>(
     }
     // Step 4: match.
     let refs: Vec<&[u8]> = finals.iter().map(Vec::as_slice).collect();
-    let matches = match_lists(&refs, TRUNCATED_LEN, &names)?;
+    let mut matches = match_lists(&refs, TRUNCATED_LEN, &names)?;
+    // Step 7 (DP): hide the match count from the unmaskers.
+    for (owner, list) in lists.iter().enumerate() {
+        add_dummy_positions(analysis, &mut matches.positions[owner], &list.dummies, rng)?;
+    }
     // Step 5: masked sums and mask sums.
     let mut sums = Vec::with_capacity(n);
     let mut sealed = vec![None; n];
