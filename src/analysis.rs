@@ -466,6 +466,14 @@ impl Analysis {
         out
     }
 
+    /// Where the sum of `party.column` lives in the protocol: the party's ring
+    /// index and the column's index among [`Analysis::features`].
+    pub fn sum_slot(&self, party: &str, column: &str) -> Option<(usize, usize)> {
+        let p = self.party_index(party)?;
+        let f = self.features(party).iter().position(|c| c == column)?;
+        Some((p, f))
+    }
+
     /// Dummy rows each node adds under DP so the coordinator can hide the
     /// match count from unmaskers (step 7): twice the shift; 0 without DP.
     pub fn dp_dummy_rows(&self) -> u64 {

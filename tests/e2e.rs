@@ -219,6 +219,18 @@ impl Cluster {
         .await
     }
 
+    /// A raw gRPC client on node `i`, as the authorized coordinator.
+    async fn client(&self, i: usize) -> NodeClient<tonic::transport::Channel> {
+        let channel = Endpoint::from_shared(format!("https://{}", self.nodes[i].addr))
+            .unwrap()
+            .tls_config(self.tls("coordinator").client_config(&party(i)))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        NodeClient::new(channel)
+    }
+
     fn results(&self, i: usize) -> Vec<cleanroom::protocol::Release> {
         StateDir::open(&self.configs[i].state_dir)
             .unwrap()
@@ -360,15 +372,7 @@ async fn reused_session_id_is_refused() {
     let banks = banks(2, 5);
     let text = analysis_text(2, 1, 1);
     let cluster = Cluster::start(&banks, &[&text]).await;
-    let tls = cluster.tls("coordinator");
-    let channel = Endpoint::from_shared(format!("https://{}", cluster.nodes[0].addr))
-        .unwrap()
-        .tls_config(tls.client_config("bank-a"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = NodeClient::new(channel);
+    let mut client = cluster.client(0).await;
     let req = SetupRequest {
         session: Some(SessionRef {
             sid: SessionId::random(&mut os_rng()).as_bytes().to_vec(),
@@ -436,14 +440,7 @@ async fn bad_query_output_is_a_clear_error() {
 async fn catalog_lists_metadata_only() {
     let banks = banks(2, 8);
     let cluster = Cluster::start(&banks, &[]).await;
-    let channel = Endpoint::from_shared(format!("https://{}", cluster.nodes[0].addr))
-        .unwrap()
-        .tls_config(cluster.tls("coordinator").client_config("bank-a"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = NodeClient::new(channel);
+    let mut client = cluster.client(0).await;
     let health = client
         .health(cleanroom_proto::v1::HealthRequest {})
         .await

@@ -4,7 +4,7 @@
 
 use rand::CryptoRng;
 
-use super::{ProtocolError, party_index};
+use super::ProtocolError;
 use crate::analysis::{Aggregate, Analysis};
 use crate::share::check_positions;
 
@@ -56,12 +56,9 @@ pub fn noisy_release<R: CryptoRng + ?Sized>(
         count += dp.noise(1)?.sample(rng);
         for a in &analysis.aggregates {
             if let Aggregate::Sum { party, column } = a {
-                let p = party_index(analysis, party)?;
-                let f = analysis
-                    .features(party)
-                    .iter()
-                    .position(|c| c == column)
-                    .expect("every summed column is a feature");
+                let (p, f) = analysis
+                    .sum_slot(party, column)
+                    .ok_or_else(|| ProtocolError::UnknownParty(party.clone()))?;
                 let bound = analysis.bound(party, column).unwrap_or(1).max(1);
                 let noise = dp.noise(bound)?.sample(rng);
                 sums[p][f] = sums[p][f].wrapping_add(noise as u64);

@@ -378,13 +378,10 @@ impl NodeSession {
                 let value = match a {
                     Aggregate::Count => delivery.count,
                     Aggregate::Sum { party, column } => {
-                        let p = party_index(&self.analysis, party)?;
-                        let f = self
+                        let (p, f) = self
                             .analysis
-                            .features(party)
-                            .iter()
-                            .position(|c| c == column)
-                            .expect("every summed column is a feature");
+                            .sum_slot(party, column)
+                            .ok_or_else(|| ProtocolError::UnknownParty(party.clone()))?;
                         // Column totals are < 2^63 and noise is small, so the
                         // two's complement reading is exact.
                         plain[p][f] as i64
