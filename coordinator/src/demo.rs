@@ -275,6 +275,7 @@ pub fn loopback_node_config(
         state_dir: dir.join(format!("state-{name}")),
         identity_key: key_path,
         authorized_coordinators: vec!["coordinator".into()],
+        session_ttl_secs: 3600,
         tls: TlsFiles {
             cert: certs.join(format!("{name}.pem")),
             key: certs.join(format!("{name}.key")),

@@ -7,6 +7,7 @@
 //! state_dir = "state/bank-a"
 //! identity_key = "keys/bank-a.key"     # Ristretto identity (cleanroom-node keygen)
 //! authorized_coordinators = ["coordinator"]
+//! session_ttl_secs = 3600              # unfinished sessions expire (optional)
 //! [tls]
 //! cert = "certs/bank-a.pem"
 //! key = "certs/bank-a.key"
@@ -58,10 +59,18 @@ pub struct NodeConfig {
     /// Table name → data file.
     #[serde(default)]
     pub tables: BTreeMap<String, PathBuf>,
+    /// Seconds after setup at which an unfinished session expires and its
+    /// secrets are dropped (default 3600).
+    #[serde(default = "default_session_ttl")]
+    pub session_ttl_secs: u64,
     /// Peer party name → pinned identity public key: 64 hex characters, or
     /// the path of a file that holds them (as written by `keygen`).
     #[serde(default)]
     pub peers: BTreeMap<String, String>,
+}
+
+fn default_session_ttl() -> u64 {
+    3600
 }
 
 impl NodeConfig {

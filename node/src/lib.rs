@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod data;
 pub mod server;
@@ -18,7 +19,7 @@ pub mod state;
 pub mod tls;
 
 pub use config::NodeConfig;
-pub use server::{RunningNode, spawn};
+pub use server::{RunningNode, spawn, spawn_with_clock};
 pub use state::StateDir;
 
 /// Node errors.

@@ -1,6 +1,7 @@
 //! Starting a node's gRPC server (mutual TLS) in-process or from the CLI.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use cleanroom_proto::MAX_MESSAGE_BYTES;
 use cleanroom_proto::v1::node_server::NodeServer;
@@ -10,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
+use crate::clock::{Clock, SystemClock};
 use crate::service::NodeService;
 use crate::tls::TlsMaterial;
 use crate::{NodeConfig, NodeError};
@@ -38,6 +40,14 @@ impl RunningNode {
 /// Loads everything the node needs, binds `config.listen` and serves in a
 /// background task.
 pub async fn spawn(config: NodeConfig) -> Result<RunningNode, NodeError> {
+    spawn_with_clock(config, SystemClock::shared()).await
+}
+
+/// [`spawn`] with a given clock (session expiry).
+pub async fn spawn_with_clock(
+    config: NodeConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<RunningNode, NodeError> {
     let tls = TlsMaterial::load(&config.tls.cert, &config.tls.key, &config.tls.ca)?;
     let listener = TcpListener::bind(config.listen)
         .await
@@ -45,7 +55,7 @@ pub async fn spawn(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let addr = listener
         .local_addr()
         .map_err(|e| NodeError::Transport(e.to_string()))?;
-    let service = NodeService::new(config).await?;
+    let service = NodeService::new(config, clock).await?;
     let svc = NodeServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use cleanroom::protocol::{Delivery, MaskShare, NodeSession, PeerKeys, ProtocolError};
 use cleanroom::session::os_rng;
@@ -19,12 +20,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
+use crate::clock::Clock;
 use crate::{NodeConfig, NodeError, StateDir, data, tls};
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// One live session.
 struct Session {
+    opened: Duration,
     hash: AnalysisHash,
     analysis: Analysis,
     proto: RwLock<NodeSession>,
@@ -53,6 +56,7 @@ pub struct NodeState {
     identity: IdentityKey,
     peers: PeerKeys,
     sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -108,13 +112,13 @@ async fn blocking<T: Send + 'static>(
 
 impl NodeService {
     /// Loads tables, identity and state for `config`.
-    pub async fn new(config: NodeConfig) -> Result<Self, NodeError> {
-        Ok(NodeService(Arc::new(NodeState::load(config).await?)))
+    pub async fn new(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Self, NodeError> {
+        Ok(NodeService(Arc::new(NodeState::load(config, clock).await?)))
     }
 }
 
 impl NodeState {
-    async fn load(config: NodeConfig) -> Result<Self, NodeError> {
+    async fn load(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Self, NodeError> {
         let state = StateDir::open(&config.state_dir)?;
         let ctx = data::load_tables(&config.tables).await?;
         let identity = config.identity()?;
@@ -126,6 +130,7 @@ impl NodeState {
             identity,
             peers,
             sessions: Mutex::new(HashMap::new()),
+            clock,
         })
     }
 
@@ -148,15 +153,36 @@ impl NodeState {
         }
     }
 
+    /// Drops sessions older than the configured TTL (their secrets with them).
+    fn expire_sessions(&self) {
+        let ttl = Duration::from_secs(self.config.session_ttl_secs);
+        let now = self.clock.now();
+        self.sessions
+            .lock()
+            .expect("session map poisoned")
+            .retain(|sid, s| {
+                let keep = now.saturating_sub(s.opened) < ttl;
+                if !keep {
+                    warn!(%sid, "session expired unfinished; nothing released");
+                }
+                keep
+            });
+    }
+
     fn session(&self, r: &Option<SessionRef>) -> Result<Arc<Session>, Status> {
         let (sid, hash) = parse_ref(r)?;
+        self.expire_sessions();
         let s = self
             .sessions
             .lock()
             .expect("session map poisoned")
             .get(&sid)
             .cloned()
-            .ok_or_else(|| Status::not_found(format!("no open session {sid}")))?;
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no open session {sid} (never set up, finished or expired)"
+                ))
+            })?;
         if s.hash != hash {
             return Err(Status::invalid_argument(
                 "analysis hash does not match the session",
@@ -195,6 +221,7 @@ impl NodeState {
         )
         .map_err(proto_status)?;
         Ok(Arc::new(Session {
+            opened: self.clock.now(),
             hash,
             analysis,
             proto: RwLock::new(proto),
@@ -243,6 +270,7 @@ impl Node for NodeService {
         let who = self.authorize(&req)?;
         let r = req.into_inner();
         let (sid, hash) = parse_ref(&r.session)?;
+        self.expire_sessions();
         let result = self.setup_session(sid, hash, &r.analysis_toml);
         match &result {
             Ok(s) => {
@@ -415,6 +443,12 @@ impl Node for NodeService {
             .unmask_release(&delivery)
             .map_err(proto_status)?;
         let path = self.state.store_result(&release).map_err(status)?;
+        // Tell the coordinator where inside the state directory, not the
+        // node's file system layout.
+        let path = path
+            .strip_prefix(&self.config.state_dir)
+            .unwrap_or(&path)
+            .to_path_buf();
         info!(sid = %release.sid, analysis = %release.analysis, "result stored in the state directory");
         Ok(Response::new(DeliverResponse {
             stored_as: path.display().to_string(),
