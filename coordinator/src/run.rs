@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use cleanroom::protocol::{
-    ProtocolError, add_dummy_positions, match_lists, noisy_release, ring, sum_masked,
-};
+use cleanroom::protocol::{PreparedList, ProtocolError, plan_release, ring};
 use cleanroom::psi::{POINT_LEN, TRUNCATED_LEN};
 use cleanroom::session::os_rng;
 use cleanroom::{Analysis, AnalysisHash, SessionId};
@@ -190,15 +188,6 @@ impl Progress {
     }
 }
 
-/// A list as collected from its owner.
-struct List {
-    points: Vec<u8>,
-    masked: Vec<u64>,
-    len: u64,
-    width: usize,
-    dummies: Vec<u64>,
-}
-
 /// Runs `analysis_text` across `targets` with the coordinator's TLS identity.
 pub async fn run_analysis(
     analysis_text: &str,
@@ -341,30 +330,12 @@ async fn drive(
     .await?;
     ringbar.finish();
 
-    // Step 4: match.
-    let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
-    let refs: Vec<&[u8]> = finals.iter().map(Vec::as_slice).collect();
-    let mut matches = match_lists(&refs, TRUNCATED_LEN, &names)?;
-    // Step 7 (DP): hide the match count from the unmaskers.
-    for (owner, list) in lists.iter().enumerate() {
-        add_dummy_positions(
-            analysis,
-            &mut matches.positions[owner],
-            &list.dummies,
-            &mut os_rng(),
-        )?;
-    }
-
-    // Step 5: masked sums; release policy and DP noise before anything is unmasked.
-    let mut sums = lists
-        .iter()
-        .zip(&matches.positions)
-        .map(|(l, pos)| sum_masked(&l.masked, l.width, pos))
-        .collect::<Result<Vec<_>, _>>()?;
-    let count = noisy_release(analysis, matches.count, &mut sums, &mut os_rng())?;
+    // Steps 4–6: match, DP dummies, masked sums, release policy and noise,
+    // all before anything is unmasked.
+    let plan = plan_release(analysis, &lists, &finals, &mut os_rng())?;
     let release = progress.phase("release", n as u64 + 1);
     let sealed = try_join_all(lists.iter().enumerate().map(|(owner, list)| {
-        let positions = matches.positions[owner].clone();
+        let positions = plan.positions[owner].clone();
         let unmasker = &peers[ring::unmasker(owner, n)];
         let pb = release.clone();
         async move {
@@ -395,8 +366,9 @@ async fn drive(
         .expect("validated recipient")];
     let req = DeliverRequest {
         session: Some(session.clone()),
-        count,
-        sums: sums
+        count: plan.count,
+        sums: plan
+            .sums
             .into_iter()
             .zip(sealed)
             .map(|(masked_sum, sealed_mask_sum)| ListSum {
@@ -420,7 +392,7 @@ async fn collect_list(
     p: &Peer,
     session: &SessionRef,
     width: usize,
-) -> Result<List, CoordinatorError> {
+) -> Result<PreparedList, CoordinatorError> {
     let req = LocalStepRequest {
         session: Some(session.clone()),
     };
@@ -463,7 +435,7 @@ async fn collect_list(
     {
         return Err(p.bad("dummy positions must be distinct, ascending and inside the list"));
     }
-    Ok(List {
+    Ok(PreparedList {
         points,
         masked,
         len,

@@ -4,9 +4,56 @@
 
 use rand::CryptoRng;
 
-use super::ProtocolError;
+use super::{PreparedList, ProtocolError, match_lists};
 use crate::analysis::{Aggregate, Analysis};
+use crate::psi::TRUNCATED_LEN;
 use crate::share::check_positions;
+
+/// What the coordinator has decided after matching: which positions each
+/// unmasker sums, the (noisy) masked sums and the count to release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleasePlan {
+    /// Exact number of matched keys (known to the coordinator only).
+    pub matched: u64,
+    /// Per list: matched positions plus, under DP, some dummy positions.
+    pub positions: Vec<Vec<u64>>,
+    /// Per list: masked sums over `positions` (noisy under DP).
+    pub sums: Vec<Vec<u64>>,
+    /// Count to release (noisy under DP).
+    pub count: i64,
+}
+
+/// Steps 4–6 on the coordinator, shared by the in-memory and the gRPC run:
+/// matches the final (truncated) lists, adds DP dummy positions (step 7),
+/// sums the masked rows and applies the release policy and noise.
+/// `lists[i]` is list `i` as its owner prepared it, `finals[i]` the same
+/// list after the whole blinding ring.
+pub fn plan_release<R: CryptoRng + ?Sized>(
+    analysis: &Analysis,
+    lists: &[PreparedList],
+    finals: &[Vec<u8>],
+    rng: &mut R,
+) -> Result<ReleasePlan, ProtocolError> {
+    let names = analysis.party_names();
+    let refs: Vec<&[u8]> = finals.iter().map(Vec::as_slice).collect();
+    let matches = match_lists(&refs, TRUNCATED_LEN, &names)?;
+    let mut positions = matches.positions;
+    for (pos, list) in positions.iter_mut().zip(lists) {
+        add_dummy_positions(analysis, pos, &list.dummies, rng)?;
+    }
+    let mut sums = lists
+        .iter()
+        .zip(&positions)
+        .map(|(l, pos)| sum_masked(&l.masked, l.width, pos))
+        .collect::<Result<Vec<_>, _>>()?;
+    let count = noisy_release(analysis, matches.count, &mut sums, rng)?;
+    Ok(ReleasePlan {
+        matched: matches.count,
+        positions,
+        sums,
+        count,
+    })
+}
 
 /// What the coordinator delivers to the recipient's node.
 #[derive(Debug, Clone, PartialEq, Eq)]

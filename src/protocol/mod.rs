@@ -24,7 +24,9 @@ pub mod node;
 pub mod ring;
 pub mod simulate;
 
-pub use aggregate::{Delivery, add_dummy_positions, noisy_release, sum_masked};
+pub use aggregate::{
+    Delivery, ReleasePlan, add_dummy_positions, noisy_release, plan_release, sum_masked,
+};
 pub use matching::{Matches, match_lists};
 pub use node::{MaskShare, NodeSession, PeerKeys, PreparedList};
 pub use simulate::{SimulationOutcome, simulate};

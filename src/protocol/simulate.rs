@@ -7,11 +7,10 @@ use std::collections::BTreeMap;
 use rand::CryptoRng;
 
 use super::{
-    Delivery, MaskShare, NodeSession, PeerKeys, ProtocolError, Release, Row, add_dummy_positions,
-    match_lists, noisy_release, party_index, ring, sum_masked,
+    Delivery, MaskShare, NodeSession, PeerKeys, ProtocolError, Release, Row, party_index,
+    plan_release, ring,
 };
 use crate::analysis::Analysis;
-use crate::psi::TRUNCATED_LEN;
 use crate::session::SessionId;
 use crate::share::IdentityKey;
 
@@ -64,45 +63,28 @@ pub fn simulate<R: CryptoRng + ?Sized>(
         }
         finals.push(points);
     }
-    // Step 4: match.
-    let refs: Vec<&[u8]> = finals.iter().map(Vec::as_slice).collect();
-    let mut matches = match_lists(&refs, TRUNCATED_LEN, &names)?;
-    // Step 7 (DP): hide the match count from the unmaskers.
-    for (owner, list) in lists.iter().enumerate() {
-        add_dummy_positions(analysis, &mut matches.positions[owner], &list.dummies, rng)?;
-    }
-    // Step 5: masked sums and mask sums.
-    let mut sums = Vec::with_capacity(n);
+    // Steps 4–6 on the coordinator: match, DP dummies, sums, release policy.
+    let plan = plan_release(analysis, &lists, &finals, rng)?;
+    // Mask sums (only once the coordinator has decided to release), then
+    // unmasking at the recipient.
     let mut sealed = vec![None; n];
-    for (owner, list) in lists.iter().enumerate() {
-        sums.push(sum_masked(
-            &list.masked,
-            list.width,
-            &matches.positions[owner],
-        )?);
-    }
-    // Step 6: release policy and noise, then mask sums (only once the
-    // coordinator has decided to release), then unmasking at the recipient.
-    let count = noisy_release(analysis, matches.count, &mut sums, rng)?;
     for (owner, list) in lists.iter().enumerate() {
         if list.width == 0 {
             continue;
         }
         let u = ring::unmasker(owner, n);
-        if let MaskShare::Sealed(s) =
-            nodes[u].mask_sum(owner, &matches.positions[owner], list.len)?
-        {
+        if let MaskShare::Sealed(s) = nodes[u].mask_sum(owner, &plan.positions[owner], list.len)? {
             sealed[owner] = Some(s);
         }
     }
     let recipient = party_index(analysis, &analysis.recipient)?;
     let release = nodes[recipient].unmask_release(&Delivery {
-        count,
-        sums,
+        count: plan.count,
+        sums: plan.sums,
         sealed,
     })?;
     Ok(SimulationOutcome {
         release,
-        matched: matches.count,
+        matched: plan.matched,
     })
 }
