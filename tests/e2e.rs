@@ -133,8 +133,7 @@ fn plaintext(banks: &[Bank]) -> BTreeMap<String, i64> {
 }
 
 struct Cluster {
-    _dir: tempfile::TempDir,
-    dir: PathBuf,
+    dir: tempfile::TempDir,
     certs: PathBuf,
     configs: Vec<NodeConfig>,
     nodes: Vec<RunningNode>,
@@ -186,8 +185,7 @@ impl Cluster {
             nodes.push(cleanroom_node::spawn(c.clone()).await.unwrap());
         }
         Cluster {
-            _dir: tmp,
-            dir,
+            dir: tmp,
             certs,
             configs,
             nodes,
@@ -246,7 +244,6 @@ impl Cluster {
         for n in self.nodes {
             n.shutdown().await.unwrap();
         }
-        let _ = &self.dir;
     }
 }
 
@@ -345,7 +342,7 @@ async fn unknown_client_certificates_are_refused() {
         e => panic!("unexpected error {e}"),
     }
     // A "coordinator" certificate from a different CA fails the TLS handshake.
-    let rogue = cluster.dir.join("rogue");
+    let rogue = cluster.dir.path().join("rogue");
     write_dev_certs(&rogue, &["coordinator".into()]).unwrap();
     let mut tls = TlsMaterial::from_dir(&rogue, "coordinator").unwrap();
     tls.ca_pem = cluster.tls("coordinator").ca_pem; // it trusts the nodes, they do not trust it
