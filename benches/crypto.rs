@@ -97,10 +97,7 @@ min_matched = 1
             .map(|(p, off)| {
                 let rows = keys(n, off)
                     .into_iter()
-                    .map(|key| Row {
-                        key,
-                        features: vec![3],
-                    })
+                    .map(|key| Row::new(key, vec![3]))
                     .collect();
                 (p.to_string(), rows)
             })

@@ -11,7 +11,7 @@ use cleanroom::psi::HashToGroup;
 use cleanroom::session::{SessionId, os_rng};
 use cleanroom_coordinator::demo::loopback_node_config;
 use cleanroom_coordinator::{NodeTarget, RunOptions, run_analysis};
-use cleanroom_node::StateDir;
+use cleanroom_node::Store;
 use cleanroom_node::tls::{TlsMaterial, write_dev_certs};
 use curve25519_dalek::scalar::Scalar;
 
@@ -69,7 +69,7 @@ min_matched = 1
     configs[1].peers.insert("bank-a".into(), pa);
     let mut nodes = Vec::new();
     for c in &configs {
-        StateDir::open(&c.state_dir)
+        Store::at(&c.state_dir)
             .unwrap()
             .approve(analysis, &c.name)
             .unwrap();

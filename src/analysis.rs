@@ -10,8 +10,12 @@
 //! sql = "SELECT to_account, day, count(*) AS transfers FROM transfers GROUP BY to_account, day"
 //! [parties.bank-b]
 //! sql = "SELECT account, day, count(*) AS cashouts FROM deposits GROUP BY account, day"
+//! expires = "2027-01-01"          # optional: refused from this date (UTC) on
 //! [output]
 //! aggregates = ["count", "sum(bank-a.transfers)", "sum(bank-b.cashouts)"]
+//! # optional: one count and one sum per declared group of a column of one party
+//! # group_by = "bank-a.band"
+//! # groups = ["<10k", "10k-100k", ">=100k"]
 //! [privacy]
 //! min_matched = 10                 # refuse to release below this many matched keys
 //! epsilon = 1.0                    # optional: DP noise on every released number
@@ -41,6 +45,12 @@ pub const DEFAULT_MIN_MATCHED: u64 = 10;
 pub const DEFAULT_COUNT_HIDING_DELTA: f64 = 1e-9;
 /// Most dummy rows per list that hiding the match count may require.
 pub const MAX_DUMMY_ROWS: u64 = 1_000_000;
+/// Largest `pad_to_multiple`: a bucket of 2^20 rows already hides a list's
+/// size to within a million; larger buckets only cost memory.
+pub const MAX_PAD_TO_MULTIPLE: u64 = 1 << 20;
+/// Most groups `[output] groups` may declare. Every party but the grouping
+/// one sends each key once per group, so lists grow by this factor.
+pub const MAX_GROUPS: usize = 64;
 
 /// Why an analysis file was rejected.
 #[derive(Debug, Error, PartialEq)]
@@ -100,9 +110,21 @@ pub enum AnalysisError {
         "privacy: epsilon {0} would need more than {MAX_DUMMY_ROWS} dummy rows per list to hide the match count"
     )]
     TooManyDummies(f64),
-    /// `pad_to_multiple` of zero.
-    #[error("privacy: pad_to_multiple must be >= 1")]
+    /// `pad_to_multiple` outside `1..=2^20`.
+    #[error("privacy: pad_to_multiple must be between 1 and {MAX_PAD_TO_MULTIPLE}")]
     BadPadding,
+    /// `expires` is not a calendar date.
+    #[error("expires must be a date written YYYY-MM-DD, got {0:?}")]
+    BadExpiry(String),
+    /// `group_by` is not `party.column` of a party of the analysis.
+    #[error("output.group_by {0:?} must be `party.column` naming a party of the analysis")]
+    BadGroupBy(String),
+    /// `group_by` without `groups`, or the reverse.
+    #[error("output.group_by and output.groups must be given together")]
+    GroupsMismatch,
+    /// The declared groups are empty, repeated, blank or too many.
+    #[error("output.groups: {0}")]
+    BadGroups(String),
 }
 
 /// One released number.
@@ -154,12 +176,31 @@ pub struct DpSpec {
 }
 
 impl DpSpec {
+    /// Epsilon as the samplers use it: rounded down to a multiple of 1e-6,
+    /// in millionths. (Validated at parse time, so never zero.)
+    pub fn epsilon_micro(&self) -> u64 {
+        crate::dp::epsilon_micro(self.epsilon).unwrap_or(1)
+    }
+
+    /// The delta of the noisy count (step 7): the analysis's `delta`, or
+    /// [`DEFAULT_COUNT_HIDING_DELTA`].
+    pub fn count_delta(&self) -> f64 {
+        self.delta.unwrap_or(DEFAULT_COUNT_HIDING_DELTA)
+    }
+
     /// Shift of the truncated discrete Laplace that hides the match count
-    /// from unmaskers (step 7): `ceil(ln(1/δ) / ε)`, so that truncating to
-    /// `[0, 2·shift]` costs at most δ.
+    /// from unmaskers and noises the released count (step 7): the least
+    /// `s >= 1` with `exp(-ε·s) <= δ`, computed with the rounded ε the
+    /// sampler uses, so truncating to `[0, 2·shift]` costs at most δ.
     pub fn dummy_shift(&self) -> u64 {
-        let delta = self.delta.unwrap_or(DEFAULT_COUNT_HIDING_DELTA);
-        ((1.0 / delta).ln() / self.epsilon).ceil().max(1.0) as u64
+        let eps = self.epsilon_micro() as f64 / crate::dp::EPSILON_DENOMINATOR as f64;
+        let delta = self.count_delta();
+        let mut s = ((1.0 / delta).ln() / eps).ceil().max(1.0) as u64;
+        // Guard against float error in the division: make the bound hold.
+        while (-(eps * s as f64)).exp() > delta {
+            s += 1;
+        }
+        s
     }
 
     /// The noise for a value of the given sensitivity.
@@ -193,6 +234,49 @@ pub struct Party {
     pub sql: String,
 }
 
+/// Grouped results: one count and one set of sums per declared group.
+///
+/// The group of a key is the value of `column` in the grouping `party`'s
+/// query output; it must be one of `groups`, which the analysis declares up
+/// front, so the set of groups (and their order) never comes from data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Grouping {
+    /// The party whose query output holds the group column.
+    pub party: String,
+    /// The group column of that party's query output.
+    pub column: String,
+    /// The declared group labels, in release order.
+    pub groups: Vec<String>,
+}
+
+impl Grouping {
+    /// Index of a group label, if declared.
+    pub fn index(&self, label: &str) -> Option<usize> {
+        self.groups.iter().position(|g| g == label)
+    }
+}
+
+/// What a run costs in differential privacy, by basic composition over the
+/// released numbers: the count once (its noise is the single draw of step 7,
+/// which the unmaskers see too) and every sum once. Groups partition the
+/// keys, so by parallel composition they cost no more than one group.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PrivacyCost {
+    /// Total epsilon in millionths (epsilon is rounded down to a multiple of
+    /// 1e-6 before sampling, so this is exact).
+    pub epsilon_micro: u64,
+    /// Total delta (the count's truncation delta plus, under the Gaussian
+    /// mechanism, the delta of every sum).
+    pub delta: f64,
+}
+
+impl PrivacyCost {
+    /// Epsilon as a decimal.
+    pub fn epsilon(&self) -> f64 {
+        self.epsilon_micro as f64 / crate::dp::EPSILON_DENOMINATOR as f64
+    }
+}
+
 /// A validated analysis.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Analysis {
@@ -206,6 +290,14 @@ pub struct Analysis {
     pub parties: Vec<Party>,
     /// Released numbers, in file order.
     pub aggregates: Vec<Aggregate>,
+    /// Grouped results, when `[output] group_by` is set. (Skipped in the
+    /// canonical form when absent, so ungrouped analyses keep their hash.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grouping: Option<Grouping>,
+    /// Last day before which the analysis may run: `expires = "2027-01-01"`
+    /// is refused from 2027-01-01T00:00:00Z on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
     /// Release conditions.
     pub privacy: Privacy,
 }
@@ -252,6 +344,8 @@ struct RawAnalysis {
     recipient: String,
     #[serde(default)]
     key: Option<Vec<KeyType>>,
+    #[serde(default)]
+    expires: Option<String>,
     parties: BTreeMap<String, RawParty>,
     output: RawOutput,
     #[serde(default)]
@@ -268,6 +362,10 @@ struct RawParty {
 #[serde(deny_unknown_fields)]
 struct RawOutput {
     aggregates: Vec<String>,
+    #[serde(default)]
+    group_by: Option<String>,
+    #[serde(default)]
+    groups: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -317,6 +415,56 @@ fn parse_aggregate(text: &str) -> Result<Aggregate, AnalysisError> {
         party: party.to_string(),
         column: column.to_string(),
     })
+}
+
+/// Seconds since the Unix epoch at 00:00:00 UTC of a `YYYY-MM-DD` date.
+pub fn parse_date(text: &str) -> Option<i64> {
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    let date = time::Date::parse(text.trim(), &fmt).ok()?;
+    Some(date.midnight().assume_utc().unix_timestamp())
+}
+
+fn parse_grouping(
+    group_by: Option<String>,
+    groups: Option<Vec<String>>,
+    parties: &[Party],
+) -> Result<Option<Grouping>, AnalysisError> {
+    let (group_by, groups) = match (group_by, groups) {
+        (None, None) => return Ok(None),
+        (Some(b), Some(g)) => (b, g),
+        _ => return Err(AnalysisError::GroupsMismatch),
+    };
+    let (party, column) = group_by
+        .split_once('.')
+        .filter(|(p, c)| parties.iter().any(|x| x.name == *p) && is_column_name(c))
+        .ok_or_else(|| AnalysisError::BadGroupBy(group_by.clone()))?;
+    if groups.is_empty() {
+        return Err(AnalysisError::BadGroups(
+            "declare at least one group".into(),
+        ));
+    }
+    if groups.len() > MAX_GROUPS {
+        return Err(AnalysisError::BadGroups(format!(
+            "at most {MAX_GROUPS} groups, got {}",
+            groups.len()
+        )));
+    }
+    let mut seen = BTreeSet::new();
+    for g in &groups {
+        if g.trim().is_empty() || g.trim() != g {
+            return Err(AnalysisError::BadGroups(format!(
+                "label {g:?} is blank or has surrounding white space"
+            )));
+        }
+        if !seen.insert(g) {
+            return Err(AnalysisError::BadGroups(format!("label {g:?} is repeated")));
+        }
+    }
+    Ok(Some(Grouping {
+        party: party.to_string(),
+        column: column.to_string(),
+        groups,
+    }))
 }
 
 impl Analysis {
@@ -413,8 +561,21 @@ impl Analysis {
                 Some(spec)
             }
         };
-        if p.pad_to_multiple == Some(0) {
+        if p.pad_to_multiple
+            .is_some_and(|m| m == 0 || m > MAX_PAD_TO_MULTIPLE)
+        {
             return Err(AnalysisError::BadPadding);
+        }
+        if let Some(e) = &raw.expires
+            && parse_date(e).is_none()
+        {
+            return Err(AnalysisError::BadExpiry(e.clone()));
+        }
+        let grouping = parse_grouping(raw.output.group_by, raw.output.groups, &parties)?;
+        if let (Some(g), Some(dp)) = (&grouping, &dp)
+            && (g.groups.len() as u64) * 2 * dp.dummy_shift() > MAX_DUMMY_ROWS
+        {
+            return Err(AnalysisError::TooManyDummies(dp.epsilon));
         }
         Ok(Analysis {
             name: raw.name,
@@ -422,6 +583,8 @@ impl Analysis {
             key,
             parties,
             aggregates,
+            grouping,
+            expires: raw.expires,
             privacy: Privacy {
                 min_matched: p.min_matched.unwrap_or(DEFAULT_MIN_MATCHED),
                 dp,
@@ -475,9 +638,48 @@ impl Analysis {
     }
 
     /// Dummy rows each node adds under DP so the coordinator can hide the
-    /// match count from unmaskers (step 7): twice the shift; 0 without DP.
+    /// match count from unmaskers (step 7): twice the shift per group; 0
+    /// without DP.
     pub fn dp_dummy_rows(&self) -> u64 {
-        self.privacy.dp.as_ref().map_or(0, |d| 2 * d.dummy_shift())
+        self.privacy
+            .dp
+            .as_ref()
+            .map_or(0, |d| 2 * d.dummy_shift() * self.group_count() as u64)
+    }
+
+    /// Number of result groups (1 without `group_by`).
+    pub fn group_count(&self) -> usize {
+        self.grouping.as_ref().map_or(1, |g| g.groups.len())
+    }
+
+    /// The number of sums the analysis releases (per group).
+    pub fn sum_count(&self) -> usize {
+        self.aggregates
+            .iter()
+            .filter(|a| matches!(a, Aggregate::Sum { .. }))
+            .count()
+    }
+
+    /// The privacy cost of one run, or `None` for an exact (non-DP) release.
+    /// The count costs (ε, δ_count) once, however many groups; each sum ε
+    /// (Laplace) or (ε, δ) (Gaussian). See [`PrivacyCost`].
+    pub fn privacy_cost(&self) -> Option<PrivacyCost> {
+        let dp = self.privacy.dp.as_ref()?;
+        let k = self.sum_count() as u64;
+        let per = dp.epsilon_micro();
+        let sum_delta = match dp.mechanism {
+            Mechanism::Laplace => 0.0,
+            Mechanism::Gaussian => dp.delta.unwrap_or(0.0),
+        };
+        Some(PrivacyCost {
+            epsilon_micro: per * (1 + k),
+            delta: dp.count_delta() + k as f64 * sum_delta,
+        })
+    }
+
+    /// Unix time (seconds) from which the analysis is expired, if it expires.
+    pub fn expires_at(&self) -> Option<i64> {
+        self.expires.as_deref().and_then(parse_date)
     }
 
     /// The DP bound of a party's feature, if the analysis is DP.

@@ -64,7 +64,7 @@ impl Noise {
     /// Discrete Laplace for `epsilon`-DP of a value with the given sensitivity
     /// (scale `sensitivity / epsilon`).
     pub fn laplace(epsilon: f64, sensitivity: u64) -> Result<Self, DpError> {
-        let eps = epsilon_rational(epsilon)?;
+        let eps = epsilon_micro(epsilon)?;
         if sensitivity == 0 {
             return Err(DpError::BadSensitivity);
         }
@@ -78,7 +78,7 @@ impl Noise {
     /// sensitivity, via `rho`-zCDP (CKS Thm. 4 and Prop. 1.4 of Bun–Steinke):
     /// `rho = (sqrt(ln(1/δ) + ε) - sqrt(ln(1/δ)))²`, `σ² = Δ² / (2 rho)`.
     pub fn gaussian(epsilon: f64, delta: f64, sensitivity: u64) -> Result<Self, DpError> {
-        let eps = epsilon_rational(epsilon)? as f64 / EPSILON_DENOMINATOR as f64;
+        let eps = epsilon_micro(epsilon)? as f64 / EPSILON_DENOMINATOR as f64;
         if !(delta > 0.0 && delta < 1.0) {
             return Err(DpError::BadDelta(delta));
         }
@@ -128,11 +128,23 @@ impl Noise {
     }
 }
 
-fn epsilon_rational(epsilon: f64) -> Result<u64, DpError> {
+/// Epsilon as the samplers use it: rounded down to a multiple of
+/// `1 / EPSILON_DENOMINATOR`, in those units (so never more privacy loss than
+/// asked). Rejects non-finite values, values below 1e-6 and above 1e6.
+pub fn epsilon_micro(epsilon: f64) -> Result<u64, DpError> {
     if !epsilon.is_finite() || epsilon < 1.0 / EPSILON_DENOMINATOR as f64 || epsilon > 1e6 {
         return Err(DpError::BadEpsilon(epsilon));
     }
-    Ok((epsilon * EPSILON_DENOMINATOR as f64).floor() as u64)
+    // The product may land a hair below an integer (1e-6 * 1e6); round to
+    // the nearest first when it is that close, then down.
+    let scaled = epsilon * EPSILON_DENOMINATOR as f64;
+    let near = scaled.round();
+    let units = if (scaled - near).abs() < 1e-6 {
+        near
+    } else {
+        scaled.floor()
+    };
+    Ok(units as u64)
 }
 
 /// Bernoulli(num / den), exactly. Requires `num <= den`, `den > 0`.

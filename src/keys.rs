@@ -9,8 +9,9 @@
 //!   8 bytes big-endian two's complement;
 //! * a key is the concatenation of its parts (a one-part key is a tuple of one).
 //!
-//! Dummy rows (padding) use tag `0xFF` followed by random bytes, so a dummy can
-//! never collide with a real key's encoding.
+//! A grouped analysis appends a group part (tag `0x03`, the group's index as
+//! `u32` big-endian). Dummy rows (padding) use tag `0xFF` followed by random
+//! bytes, so a dummy can never collide with a real key's encoding.
 
 use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
@@ -46,8 +47,18 @@ impl KeyPart<'_> {
 
 const TAG_STRING: u8 = 0x01;
 const TAG_INTEGER: u8 = 0x02;
+/// Tag of the group part that grouped analyses append to every key.
+pub const TAG_GROUP: u8 = 0x03;
 /// Tag that starts a dummy row's key; never produced by [`encode_key`].
 pub const TAG_DUMMY: u8 = 0xFF;
+
+/// Appends the group part (tag `0x03`, `u32` big-endian group index) that a
+/// grouped analysis adds to every key, so that a key meets only the copy of
+/// itself in the grouping party's group.
+pub fn append_group(key: &mut Vec<u8>, group: u32) {
+    key.push(TAG_GROUP);
+    key.extend_from_slice(&group.to_be_bytes());
+}
 
 /// Appends the canonical encoding of one key part to `out`.
 pub fn encode_part(part: KeyPart<'_>, out: &mut Vec<u8>) {

@@ -24,8 +24,11 @@ use crate::session::SessionId;
 
 /// Length of a compressed Ristretto point.
 pub const POINT_LEN: usize = 32;
-/// Length of a truncated final point: 128 bits keep the chance of a false
-/// match among a million keys per list below 2^-88.
+/// Length of a truncated final point. A canonical Ristretto encoding is a
+/// non-negative field element, so the lowest bit of its first byte is always
+/// zero: 16 bytes carry 127 bits. Between two lists of `a` and `b` keys the
+/// chance of a false match is at most `a·b / 2^127` (below 2^-87 for a
+/// million keys each, below 2^-74 for 10^8 each).
 pub const TRUNCATED_LEN: usize = 16;
 /// Points per parallel work unit (one batch inversion each).
 pub const CHUNK: usize = 512;

@@ -2,250 +2,19 @@
 //! mutual TLS, a real coordinator, CSV files through DataFusion. Results
 //! stored at the recipient's node must equal a plaintext join computed here.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use cleanroom::session::os_rng;
 use cleanroom::{Analysis, SessionId};
-use cleanroom_coordinator::demo::loopback_node_config;
-use cleanroom_coordinator::{CoordinatorError, NodeTarget, RunOptions, RunReport, run_analysis};
+use cleanroom_coordinator::{CoordinatorError, RunOptions, run_analysis};
+use cleanroom_node::Store;
 use cleanroom_node::tls::{TlsMaterial, write_dev_certs};
-use cleanroom_node::{NodeConfig, RunningNode, StateDir};
-use cleanroom_proto::v1::node_client::NodeClient;
 use cleanroom_proto::v1::{SessionRef, SetupRequest};
-use rand::{RngExt, SeedableRng};
-use rand_chacha::ChaCha20Rng;
+use common::*;
 use tonic::Code;
-use tonic::transport::Endpoint;
-
-// ---------------------------------------------------------------- log capture
-
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogBuffer {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Every log line of every node and coordinator in this test binary.
-fn logs() -> &'static LogBuffer {
-    static LOGS: OnceLock<LogBuffer> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = LogBuffer::default();
-        let w = buf.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE)
-            .with_writer(move || w.clone())
-            .with_ansi(false)
-            .init();
-        buf
-    })
-}
-
-fn log_text() -> String {
-    String::from_utf8_lossy(&logs().0.lock().unwrap()).into_owned()
-}
-
-// ---------------------------------------------------------------- fixtures
-
-fn party(i: usize) -> String {
-    format!("bank-{}", (b'a' + i as u8) as char)
-}
-
-/// Raw rows of one bank: (account, amount, flag). Accounts repeat.
-type Rows = Vec<(String, u64)>;
-
-struct Bank {
-    rows: Rows,
-}
-
-/// Random banks over a shared universe of accounts, so they overlap partly.
-fn banks(n: usize, seed: u64) -> Vec<Bank> {
-    let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| {
-            let rows = (0..400)
-                .map(|_| {
-                    let acct = format!(" ACC-{:04} ", rng.random_range(0..600u32)); // spaces: trimmed
-                    (acct, rng.random_range(10_000_000..99_999_999u64))
-                })
-                .collect();
-            Bank { rows }
-        })
-        .collect()
-}
-
-fn analysis_text(n: usize, recipient: usize, min_matched: u64) -> String {
-    let mut t = format!("name = \"e2e\"\nrecipient = \"{}\"\n", party(recipient));
-    let mut aggs = vec!["\"count\"".to_string()];
-    for i in 0..n {
-        t += &format!(
-            "[parties.{}]\nsql = \"SELECT acct, sum(amount) AS amount, count(*) AS n FROM accounts GROUP BY acct\"\n",
-            party(i)
-        );
-        aggs.push(format!("\"sum({}.amount)\"", party(i)));
-        aggs.push(format!("\"sum({}.n)\"", party(i)));
-    }
-    t + &format!(
-        "[output]\naggregates = [{}]\n[privacy]\nmin_matched = {min_matched}\n",
-        aggs.join(", ")
-    )
-}
-
-/// The plaintext join the protocol must reproduce.
-fn plaintext(banks: &[Bank]) -> BTreeMap<String, i64> {
-    let grouped: Vec<BTreeMap<String, (u64, u64)>> = banks
-        .iter()
-        .map(|b| {
-            let mut g: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-            for (a, v) in &b.rows {
-                let e = g.entry(a.trim().to_string()).or_default();
-                e.0 += v;
-                e.1 += 1;
-            }
-            g
-        })
-        .collect();
-    let common: BTreeSet<&String> = grouped[0]
-        .keys()
-        .filter(|k| grouped.iter().all(|g| g.contains_key(*k)))
-        .collect();
-    let mut out = BTreeMap::from([("count".to_string(), common.len() as i64)]);
-    for (i, g) in grouped.iter().enumerate() {
-        out.insert(
-            format!("sum({}.amount)", party(i)),
-            common.iter().map(|k| g[*k].0 as i64).sum(),
-        );
-        out.insert(
-            format!("sum({}.n)", party(i)),
-            common.iter().map(|k| g[*k].1 as i64).sum(),
-        );
-    }
-    out
-}
-
-struct Cluster {
-    dir: tempfile::TempDir,
-    certs: PathBuf,
-    configs: Vec<NodeConfig>,
-    nodes: Vec<RunningNode>,
-}
-
-impl Cluster {
-    /// Starts one node per bank, each with its CSV, certificates from one
-    /// dev CA, pinned peer keys, and `approved` analyses approved.
-    async fn start(banks: &[Bank], approved: &[&str]) -> Cluster {
-        logs();
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        let certs = dir.join("certs");
-        let mut names: Vec<String> = (0..banks.len()).map(party).collect();
-        names.extend(["coordinator".into(), "intruder".into()]);
-        write_dev_certs(&certs, &names).unwrap();
-        let mut configs = Vec::new();
-        for (i, b) in banks.iter().enumerate() {
-            let csv = dir.join(format!("{}.csv", party(i)));
-            let mut s = String::from("acct,amount\n");
-            for (a, v) in &b.rows {
-                s += &format!("{a},{v}\n");
-            }
-            std::fs::write(&csv, s).unwrap();
-            let tables = BTreeMap::from([("accounts".to_string(), csv)]);
-            configs.push(
-                loopback_node_config(&dir, &certs, &party(i), tables, BTreeMap::new()).unwrap(),
-            );
-        }
-        let publics: Vec<String> = configs
-            .iter()
-            .map(|c| c.identity().unwrap().public().to_hex())
-            .collect();
-        for (i, c) in configs.iter_mut().enumerate() {
-            for (j, p) in publics.iter().enumerate() {
-                if i != j {
-                    c.peers.insert(party(j), p.clone());
-                }
-            }
-            for a in approved {
-                StateDir::open(&c.state_dir)
-                    .unwrap()
-                    .approve(a, &c.name)
-                    .unwrap();
-            }
-        }
-        let mut nodes = Vec::new();
-        for c in &configs {
-            nodes.push(cleanroom_node::spawn(c.clone()).await.unwrap());
-        }
-        Cluster {
-            dir: tmp,
-            certs,
-            configs,
-            nodes,
-        }
-    }
-
-    fn targets(&self) -> Vec<NodeTarget> {
-        self.nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| NodeTarget {
-                name: party(i),
-                url: format!("https://{}", n.addr),
-            })
-            .collect()
-    }
-
-    fn tls(&self, name: &str) -> TlsMaterial {
-        TlsMaterial::from_dir(&self.certs, name).unwrap()
-    }
-
-    async fn run(&self, analysis: &str, as_name: &str) -> Result<RunReport, CoordinatorError> {
-        run_analysis(
-            analysis,
-            &self.targets(),
-            &self.tls(as_name),
-            &RunOptions::default(),
-        )
-        .await
-    }
-
-    /// A raw gRPC client on node `i`, as the authorized coordinator.
-    async fn client(&self, i: usize) -> NodeClient<tonic::transport::Channel> {
-        let channel = Endpoint::from_shared(format!("https://{}", self.nodes[i].addr))
-            .unwrap()
-            .tls_config(self.tls("coordinator").client_config(&party(i)))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        NodeClient::new(channel)
-    }
-
-    fn results(&self, i: usize) -> Vec<cleanroom::protocol::Release> {
-        StateDir::open(&self.configs[i].state_dir)
-            .unwrap()
-            .results()
-            .unwrap()
-    }
-
-    fn state_dir(&self, i: usize) -> &Path {
-        &self.configs[i].state_dir
-    }
-
-    async fn stop(self) {
-        for n in self.nodes {
-            n.shutdown().await.unwrap();
-        }
-    }
-}
 
 async fn check_run(n: usize, recipient: usize, seed: u64) {
     let banks = banks(n, seed);
@@ -259,11 +28,11 @@ async fn check_run(n: usize, recipient: usize, seed: u64) {
     assert!(want["count"] > 10, "fixture should overlap: {want:?}");
 
     // The recipient's node holds exactly the plaintext join's numbers.
-    let stored = StateDir::open(cluster.state_dir(recipient))
+    let stored = Store::at(cluster.state_dir(recipient))
         .unwrap()
         .result(&report.sid)
         .unwrap();
-    let got: BTreeMap<String, i64> = stored
+    let got: BTreeMap<String, i64> = stored.rows[0]
         .values
         .iter()
         .map(|v| (v.aggregate.clone(), v.value))
@@ -400,7 +169,7 @@ async fn too_few_matches_release_nothing() {
     assert!(
         matches!(
             err,
-            CoordinatorError::Protocol(cleanroom::protocol::ProtocolError::TooFewMatches { .. })
+            CoordinatorError::Protocol(cleanroom::protocol::ProtocolError::TooFewMatches)
         ),
         "{err}"
     );
@@ -468,7 +237,7 @@ async fn catalog_lists_metadata_only() {
 async fn demo_matches_plaintext_truth() {
     logs();
     let (release, truth) = cleanroom_coordinator::demo::run_demo(false).await.unwrap();
-    let got: BTreeMap<String, i64> = release
+    let got: BTreeMap<String, i64> = release.rows[0]
         .values
         .iter()
         .map(|v| (v.aggregate.clone(), v.value))
@@ -496,12 +265,12 @@ async fn dp_run_over_grpc_hides_count_and_releases_noisy_values() {
     let cluster = Cluster::start(&banks, &[&exact, &noisy]).await;
     let want = plaintext(&banks);
     let r = cluster.run(&exact, "coordinator").await.unwrap();
-    let stored = StateDir::open(cluster.state_dir(1))
+    let stored = Store::at(cluster.state_dir(1))
         .unwrap()
         .result(&r.sid)
         .unwrap();
     assert!(stored.noisy);
-    for v in &stored.values {
+    for v in &stored.rows[0].values {
         let tolerance = if v.aggregate.contains("amount") {
             100_000
         } else {
@@ -517,11 +286,11 @@ async fn dp_run_over_grpc_hides_count_and_releases_noisy_values() {
     }
     // A real epsilon: the amount sums carry noise of scale 2e9.
     let r = cluster.run(&noisy, "coordinator").await.unwrap();
-    let stored = StateDir::open(cluster.state_dir(1))
+    let stored = Store::at(cluster.state_dir(1))
         .unwrap()
         .result(&r.sid)
         .unwrap();
-    let amount = stored
+    let amount = stored.rows[0]
         .values
         .iter()
         .find(|v| v.aggregate == "sum(bank-a.amount)")

@@ -35,6 +35,19 @@ enum Command {
         #[arg(long, default_value = "coordinator")]
         name: String,
     },
+    /// Print each node's visible tables: names, columns, types and row
+    /// counts rounded to two significant digits (never a value).
+    Catalog {
+        /// A node as NAME=https://HOST:PORT; repeat per node.
+        #[arg(long = "node", required = true)]
+        nodes: Vec<NodeTarget>,
+        /// Directory with ca.pem and this coordinator's NAME.pem / NAME.key.
+        #[arg(long)]
+        tls_dir: PathBuf,
+        /// The coordinator's certificate name in the TLS directory.
+        #[arg(long, default_value = "coordinator")]
+        name: String,
+    },
     /// Synthetic two-bank fraud demo on loopback (the default command).
     Demo {
         /// Instead of running, write the synthetic banks' CSV files into
@@ -80,6 +93,15 @@ pub async fn run(cli: Cli) -> Result<()> {
                 report.recipient
             );
         }
+        Command::Catalog {
+            nodes,
+            tls_dir,
+            name,
+        } => {
+            let tls = TlsMaterial::from_dir(&tls_dir, &name)?;
+            let catalogs = crate::catalog::fetch_catalogs(&nodes, &tls).await?;
+            print!("{}", crate::catalog::format_catalogs(&catalogs));
+        }
         Command::Demo {
             write_data: Some(dir),
             accounts,
@@ -99,8 +121,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             let (release, truth) = run_demo(progress).await?;
             print!("{}", format_demo(&release, &truth));
             if release
-                .values
+                .rows
                 .iter()
+                .flat_map(|r| &r.values)
                 .any(|v| truth.get(&v.aggregate) != Some(&v.value))
             {
                 bail!("demo result does not match the plaintext truth");

@@ -14,7 +14,7 @@ use cleanroom::session::os_rng;
 use cleanroom::share::IdentityKey;
 use cleanroom_node::config::TlsFiles;
 use cleanroom_node::tls::{TlsMaterial, write_dev_certs};
-use cleanroom_node::{NodeConfig, StateDir};
+use cleanroom_node::{NodeConfig, Store};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -283,6 +283,7 @@ pub fn loopback_node_config(
         },
         tables,
         peers,
+        policy: BTreeMap::new(),
     })
 }
 
@@ -322,7 +323,7 @@ pub async fn run_demo(progress: bool) -> Result<(Release, BTreeMap<String, i64>)
     b.peers
         .insert("bank-a".into(), a.identity()?.public().to_hex());
     for cfg in [&a, &b] {
-        StateDir::open(&cfg.state_dir)?.approve(ANALYSIS, &cfg.name)?;
+        Store::at(&cfg.state_dir)?.approve(ANALYSIS, &cfg.name)?;
     }
     let b_state = b.state_dir.clone();
     let node_a = cleanroom_node::spawn(a).await?;
@@ -342,7 +343,7 @@ pub async fn run_demo(progress: bool) -> Result<(Release, BTreeMap<String, i64>)
     node_a.shutdown().await?;
     node_b.shutdown().await?;
     let report = report?;
-    let release = StateDir::open(&b_state)?.result(&report.sid)?;
+    let release = Store::at(&b_state)?.result(&report.sid)?;
     Ok((release, plaintext_truth(&data)))
 }
 
@@ -359,17 +360,21 @@ pub fn format_demo(release: &Release, truth: &BTreeMap<String, i64>) -> String {
         "  {:<26} {:>18} {:>18}",
         "aggregate", "Bank B received", "plaintext truth"
     );
-    for v in &release.values {
+    let values = release
+        .rows
+        .first()
+        .map_or(&[][..], |r| r.values.as_slice());
+    for v in values {
         let t = truth
             .get(&v.aggregate)
             .map(|t| t.to_string())
             .unwrap_or_default();
         let _ = writeln!(s, "  {:<26} {:>18} {:>18}", v.aggregate, v.value, t);
     }
-    let all = release
-        .values
-        .iter()
-        .all(|v| truth.get(&v.aggregate) == Some(&v.value));
+    let all = !values.is_empty()
+        && values
+            .iter()
+            .all(|v| truth.get(&v.aggregate) == Some(&v.value));
     let _ = writeln!(
         s,
         "\n{}",

@@ -4,9 +4,11 @@
 //! session, collects the blinded lists, routes them around the blinding
 //! ring, matches, sums the masked features, applies the release policy (and
 //! DP noise), and has the recipient's node unmask and store the result. The
-//! coordinator itself never holds an unmasked aggregate. [`demo`] runs the
-//! whole thing on synthetic bank data on loopback.
+//! coordinator itself never holds an unmasked aggregate. [`catalog`] lists
+//! what nodes show of their tables; [`demo`] runs the whole thing on
+//! synthetic bank data on loopback.
 
+pub mod catalog;
 pub mod cli;
 pub mod demo;
 pub mod run;

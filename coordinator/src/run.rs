@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cleanroom::protocol::{PreparedList, ProtocolError, plan_release, ring};
+use cleanroom::protocol::{Layout, MAX_LIST_ROWS, PreparedList, ProtocolError, plan_release, ring};
 use cleanroom::psi::{POINT_LEN, TRUNCATED_LEN};
 use cleanroom::session::os_rng;
 use cleanroom::{Analysis, AnalysisHash, SessionId};
@@ -110,13 +110,34 @@ pub enum CoordinatorError {
     Protocol(#[from] ProtocolError),
 }
 
-struct Peer {
-    name: String,
-    client: NodeClient<Channel>,
+impl CoordinatorError {
+    /// The class the nodes are told when the run aborts on this error: never
+    /// a count, a value or another party's error text.
+    pub fn abort_reason(&self) -> AbortReason {
+        match self {
+            CoordinatorError::Node { call: "setup", .. } => AbortReason::SetupRefused,
+            CoordinatorError::Node { .. } | CoordinatorError::Connect { .. } => {
+                AbortReason::NodeFailed
+            }
+            CoordinatorError::BadResponse { .. } => AbortReason::BadResponse,
+            CoordinatorError::Protocol(ProtocolError::TooFewMatches) => AbortReason::ReleaseRefused,
+            CoordinatorError::Protocol(_) => AbortReason::Protocol,
+            _ => AbortReason::Coordinator,
+        }
+    }
+}
+
+/// A connected node.
+pub(crate) struct Peer {
+    pub(crate) name: String,
+    pub(crate) client: NodeClient<Channel>,
 }
 
 impl Peer {
-    fn fail(&self, call: &'static str) -> impl Fn(tonic::Status) -> CoordinatorError + '_ {
+    pub(crate) fn fail(
+        &self,
+        call: &'static str,
+    ) -> impl Fn(tonic::Status) -> CoordinatorError + '_ {
         move |s| CoordinatorError::Node {
             node: self.name.clone(),
             call,
@@ -132,26 +153,55 @@ impl Peer {
     }
 }
 
-async fn connect(target: &NodeTarget, tls: &TlsMaterial) -> Result<Peer, CoordinatorError> {
+/// How long [`connect`] retries a node that refuses connections.
+pub const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Whether a transport error is a refused TCP connection.
+fn refused(e: &tonic::transport::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// Connects to a node over mutual TLS, expecting its certificate to be
+/// valid for the party name.
+pub(crate) async fn connect(
+    target: &NodeTarget,
+    tls: &TlsMaterial,
+) -> Result<Peer, CoordinatorError> {
     let err = |m: String| CoordinatorError::Connect {
         node: target.name.clone(),
         message: m,
     };
-    let channel = Endpoint::from_shared(target.url.clone())
+    let endpoint = Endpoint::from_shared(target.url.clone())
         .map_err(|e| err(e.to_string()))?
         .tls_config(tls.client_config(&target.name))
         .map_err(|e| err(e.to_string()))?
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .map_err(|e| {
-            err(format!(
-                "{e}: {}",
-                std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_default()
-            ))
-        })?;
+        .connect_timeout(Duration::from_secs(10));
+    // A node that is still starting refuses connections for a moment: retry
+    // refused connections (only those) for up to CONNECT_PATIENCE.
+    let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+    let channel = loop {
+        match endpoint.connect().await {
+            Ok(c) => break c,
+            Err(e) if refused(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(err(format!(
+                    "{e}: {}",
+                    std::error::Error::source(&e)
+                        .map(|s| s.to_string())
+                        .unwrap_or_default()
+                )));
+            }
+        }
+    };
     let client = NodeClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -271,16 +321,19 @@ pub async fn run_analysis(
 }
 
 async fn abort(peers: &[Peer], session: &SessionRef, e: &CoordinatorError) {
-    warn!("run aborted: {e}");
-    finish(peers, session, Some(e.to_string())).await;
+    let reason = e.abort_reason();
+    // The coordinator's own log names the node and the class of failure; the
+    // errors it logs carry no counts (ProtocolError::TooFewMatches has none).
+    warn!(class = reason.as_str_name(), "run aborted: {e}");
+    finish(peers, session, Some(reason)).await;
 }
 
-async fn finish(peers: &[Peer], session: &SessionRef, abort_reason: Option<String>) {
+async fn finish(peers: &[Peer], session: &SessionRef, abort_reason: Option<AbortReason>) {
     for p in peers {
         let req = FinishRequest {
             session: Some(session.clone()),
             aborted: abort_reason.is_some(),
-            reason: abort_reason.clone().unwrap_or_default(),
+            reason: abort_reason.unwrap_or(AbortReason::Unspecified) as i32,
         };
         // Best effort: a node that never opened the session answers NotFound.
         let _ = p.client.clone().finish(req).await;
@@ -297,8 +350,9 @@ async fn drive(
     let n = peers.len();
     // Step 2: local step at every node, in parallel.
     let local = progress.phase("local step", n as u64);
-    let lists = try_join_all(peers.iter().map(|p| {
-        let width = analysis.features(&p.name).len();
+    let layout = Layout::new(analysis);
+    let lists = try_join_all(peers.iter().enumerate().map(|(i, p)| {
+        let width = layout.row_width(i);
         let pb = local.clone();
         async move {
             let l = collect_list(p, session, width).await;
@@ -335,7 +389,7 @@ async fn drive(
     let plan = plan_release(analysis, &lists, &finals, &mut os_rng())?;
     let release = progress.phase("release", n as u64 + 1);
     let sealed = try_join_all(lists.iter().enumerate().map(|(owner, list)| {
-        let positions = plan.positions[owner].clone();
+        let ask = plan.mask_sum_request(owner, list.len);
         let unmasker = &peers[ring::unmasker(owner, n)];
         let pb = release.clone();
         async move {
@@ -345,8 +399,9 @@ async fn drive(
             let req = MaskSumRequest {
                 session: Some(session.clone()),
                 owner: owner as u32,
-                list_len: list.len,
-                positions,
+                list_len: ask.list_len,
+                positions: ask.positions,
+                pad: ask.pad,
             };
             let r = unmasker
                 .client
@@ -369,7 +424,8 @@ async fn drive(
         count: plan.count,
         sums: plan
             .sums
-            .into_iter()
+            .iter()
+            .cloned()
             .zip(sealed)
             .map(|(masked_sum, sealed_mask_sum)| ListSum {
                 masked_sum,
@@ -411,6 +467,12 @@ async fn collect_list(
         if *total.get_or_insert(chunk.total_rows) != chunk.total_rows {
             return Err(p.bad("inconsistent list length"));
         }
+        if chunk.total_rows > MAX_LIST_ROWS {
+            return Err(p.bad(format!("list longer than {MAX_LIST_ROWS} rows")));
+        }
+        if (points.len() + chunk.points.len()) as u64 > chunk.total_rows * POINT_LEN as u64 {
+            return Err(p.bad("list longer than announced"));
+        }
         if chunk.points.len() % POINT_LEN != 0
             || chunk.masked.len() != chunk.points.len() / POINT_LEN * width
         {
@@ -427,13 +489,9 @@ async fn collect_list(
     if points.len() as u64 != len * POINT_LEN as u64 {
         return Err(p.bad("list shorter or longer than announced"));
     }
-    let mut distinct = dummies.clone();
-    distinct.dedup();
-    if distinct.len() != dummies.len()
-        || !dummies.is_sorted()
-        || dummies.last().is_some_and(|&d| d >= len)
-    {
-        return Err(p.bad("dummy positions must be distinct, ascending and inside the list"));
+    let distinct: std::collections::HashSet<u64> = dummies.iter().copied().collect();
+    if distinct.len() != dummies.len() || dummies.iter().any(|&d| d >= len) {
+        return Err(p.bad("dummy positions must be distinct and inside the list"));
     }
     Ok(PreparedList {
         points,

@@ -1,15 +1,17 @@
 //! The `cleanroom-node` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use cleanroom::SessionId;
 use cleanroom::protocol::Release;
 use cleanroom::session::os_rng;
 use cleanroom::share::IdentityKey;
+use cleanroom::{Analysis, AnalysisHash, SessionId};
 
-use crate::{NodeConfig, StateDir, server, tls};
+use crate::clock::SystemClock;
+use crate::store::Approval;
+use crate::{NodeConfig, Store, audit, data, server, tls};
 
 /// A bank's cleanroom node.
 #[derive(Debug, Parser)]
@@ -19,13 +21,20 @@ pub struct Cli {
     command: Command,
 }
 
-/// Output format of `results`.
+/// Output format of listings.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Format {
     /// Human-readable table.
     Table,
-    /// One JSON object per result, one per line.
+    /// One JSON object per line.
     Json,
+}
+
+/// Output format of `audit export`.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// One JSON object per record and line (for SIEM tools).
+    Jsonl,
 }
 
 #[derive(Debug, Subcommand)]
@@ -36,8 +45,47 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Approve an analysis file: record its hash in the state directory.
+    /// Approve an analysis file: record it and its hash.
     Approve {
+        /// Node config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The analysis (TOML).
+        analysis: PathBuf,
+    },
+    /// Revoke the approval of an analysis: it is refused from now on.
+    Revoke {
+        /// Node config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The analysis hash (hex), as printed by `approve` or `approvals`.
+        hash: String,
+    },
+    /// List approved (and revoked) analyses: hash, name, parties,
+    /// recipient, SQL and date.
+    Approvals {
+        /// Node config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Show the privacy budget spent and remaining per coordinator identity.
+    Budget {
+        /// Node config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Verify or export the hash-chained audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Run this node's query of an analysis locally and report the outcome
+    /// (rows and schema, or the full error of the query engine). Nothing is
+    /// sent anywhere; the engine's errors are shown only here.
+    Check {
         /// Node config file.
         #[arg(long)]
         config: PathBuf,
@@ -73,7 +121,31 @@ enum Command {
     },
 }
 
-/// Formats releases as text (`table`) or JSON lines (`json`).
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the chain: names the first edited, dropped, inserted or
+    /// reordered record; prints the head to keep outside the node.
+    Verify {
+        /// Node config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// A head `SEQ:HASH` printed by an earlier verify: check that it is
+        /// still part of the chain (detects a removed tail).
+        #[arg(long)]
+        head: Option<String>,
+    },
+    /// Print every record with its chain fields.
+    Export {
+        /// Node config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+    },
+}
+
+/// Formats releases as text (`table`, one row per group) or JSON lines.
 pub fn format_results(results: &[Release], format: Format) -> String {
     let mut out = String::new();
     for r in results {
@@ -94,22 +166,156 @@ pub fn format_results(results: &[Release], format: Format) -> String {
                         ""
                     }
                 );
-                let w = r
-                    .values
+                let aggs: Vec<&str> = r
+                    .rows
                     .iter()
-                    .map(|v| v.aggregate.len())
+                    .find(|row| !row.suppressed)
+                    .map(|row| row.values.iter().map(|v| v.aggregate.as_str()).collect())
+                    .unwrap_or_default();
+                let label = r.group_by.as_deref().unwrap_or("");
+                let gw = r
+                    .rows
+                    .iter()
+                    .filter_map(|row| row.group.as_ref().map(String::len))
+                    .chain([label.len()])
                     .max()
-                    .unwrap_or(0)
-                    .max(9);
-                out += &format!("  {:<w$}  {:>16}\n", "aggregate", "value");
-                for v in &r.values {
-                    out += &format!("  {:<w$}  {:>16}\n", v.aggregate, v.value);
+                    .unwrap_or(0);
+                let mut line = String::from(" ");
+                if r.group_by.is_some() {
+                    line += &format!(" {label:<gw$}");
+                }
+                for a in &aggs {
+                    line += &format!("  {a:>w$}", w = a.len().max(12));
+                }
+                out += line.trim_end();
+                out.push('\n');
+                for row in &r.rows {
+                    let mut line = String::from(" ");
+                    if let Some(g) = &row.group {
+                        line += &format!(" {g:<gw$}");
+                    }
+                    if row.suppressed {
+                        line += "  (suppressed: fewer than min_matched keys)";
+                    } else {
+                        for (a, v) in aggs.iter().zip(&row.values) {
+                            line += &format!("  {:>w$}", v.value, w = a.len().max(12));
+                        }
+                    }
+                    out += &line;
+                    out.push('\n');
                 }
                 out.push('\n');
             }
         }
     }
     out
+}
+
+/// Formats approvals as text or JSON lines.
+pub fn format_approvals(approvals: &[Approval], format: Format) -> String {
+    let mut out = String::new();
+    for a in approvals {
+        let parties: Vec<&str> = a.analysis.party_names();
+        match format {
+            Format::Json => {
+                let v = serde_json::json!({
+                    "hash": a.hash.to_hex(),
+                    "name": a.analysis.name,
+                    "parties": parties,
+                    "recipient": a.analysis.recipient,
+                    "sql": a.analysis.parties.iter().map(|p| (p.name.clone(), p.sql.clone())).collect::<std::collections::BTreeMap<_, _>>(),
+                    "approved_at": a.approved_at,
+                    "revoked_at": a.revoked_at,
+                    "expires": a.analysis.expires,
+                });
+                out += &v.to_string();
+                out.push('\n');
+            }
+            Format::Table => {
+                out += &format!("{}  {}\n", a.hash, a.analysis.name);
+                out += &format!("  approved   {}\n", a.approved_at);
+                if let Some(r) = &a.revoked_at {
+                    out += &format!("  REVOKED    {r}\n");
+                }
+                if let Some(e) = &a.analysis.expires {
+                    out += &format!("  expires    {e}\n");
+                }
+                out += &format!("  parties    {}\n", parties.join(", "));
+                out += &format!("  recipient  {}\n", a.analysis.recipient);
+                for p in &a.analysis.parties {
+                    out += &format!("  sql {}:\n", p.name);
+                    for l in p.sql.trim().lines() {
+                        out += &format!("      {}\n", l.trim_end());
+                    }
+                }
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+fn open_store(cfg: &NodeConfig) -> Result<Store> {
+    Ok(Store::open(&cfg.state_dir, SystemClock::shared())?)
+}
+
+fn budget_report(cfg: &NodeConfig, store: &Store) -> Result<String> {
+    let mut names: Vec<String> = cfg.authorized_coordinators.clone();
+    for (n, _) in store.ledger()? {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    let mut out = format!(
+        "{:<20} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8}\n",
+        "coordinator", "ε spent", "ε left", "δ spent", "δ left", "DP runs", "exact"
+    );
+    for n in names {
+        let p = cfg.policy_for(&n);
+        let s = store.spent(&n)?;
+        let eps_left = p.epsilon_budget.map_or("no cap".to_string(), |b| {
+            format!("{:.6}", (b - s.epsilon()).max(0.0))
+        });
+        let delta_left = p.delta_budget.map_or("no cap".to_string(), |b| {
+            format!("{:.3e}", (b - s.delta).max(0.0))
+        });
+        out += &format!(
+            "{:<20} {:>12.6} {:>12} {:>12.3e} {:>12} {:>8} {:>8}\n",
+            n,
+            s.epsilon(),
+            eps_left,
+            s.delta,
+            delta_left,
+            s.dp_runs,
+            s.exact_runs
+        );
+    }
+    Ok(out)
+}
+
+/// Runs the node's query of `analysis` locally and describes the outcome.
+async fn check(cfg: &NodeConfig, analysis: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(analysis)
+        .with_context(|| format!("reading {}", analysis.display()))?;
+    let a = Analysis::parse(&text)?;
+    if a.party_index(&cfg.name).is_none() {
+        bail!("this node ({}) is not a party of the analysis", cfg.name);
+    }
+    let ctx = data::load_tables(&cfg.tables).await?;
+    let rows = data::local_rows(&ctx, &a, &cfg.name)
+        .await
+        .with_context(|| format!("query of {} in analysis {}", cfg.name, a.name))?;
+    Ok(format!(
+        "ok: the query of {} returns {} keys with features {:?}{}\n",
+        cfg.name,
+        rows.len(),
+        a.features(&cfg.name),
+        a.grouping
+            .as_ref()
+            .filter(|g| g.party == cfg.name)
+            .map(|g| format!(", grouped by column {:?}", g.column))
+            .unwrap_or_default()
+    ))
 }
 
 /// Runs the CLI with the given arguments.
@@ -131,8 +337,62 @@ pub async fn run(cli: Cli) -> Result<()> {
             let cfg = NodeConfig::load(&config)?;
             let text = std::fs::read_to_string(&analysis)
                 .with_context(|| format!("reading {}", analysis.display()))?;
-            let hash = StateDir::open(&cfg.state_dir)?.approve(&text, &cfg.name)?;
+            let hash = open_store(&cfg)?.approve(&text, &cfg.name)?;
             println!("approved {hash}");
+        }
+        Command::Revoke { config, hash } => {
+            let cfg = NodeConfig::load(&config)?;
+            let h = AnalysisHash::from_hex(&hash)
+                .context("the analysis hash must be 64 hex characters")?;
+            open_store(&cfg)?.revoke(&h)?;
+            println!("revoked {h}");
+        }
+        Command::Approvals { config, format } => {
+            let cfg = NodeConfig::load(&config)?;
+            print!(
+                "{}",
+                format_approvals(&open_store(&cfg)?.approvals()?, format)
+            );
+        }
+        Command::Budget { config } => {
+            let cfg = NodeConfig::load(&config)?;
+            print!("{}", budget_report(&cfg, &open_store(&cfg)?)?);
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { config, head },
+        } => {
+            let cfg = NodeConfig::load(&config)?;
+            let chain = open_store(&cfg)?.audit_chain()?;
+            let (seq, hash) = audit::verify(&chain)?;
+            if let Some(h) = head {
+                let (s, hh) = h
+                    .split_once(':')
+                    .and_then(|(s, hh)| Some((s.parse::<u64>().ok()?, hh)))
+                    .context("--head must be SEQ:HASH as printed by audit verify")?;
+                audit::check_head(&chain, s, hh)?;
+            }
+            println!("audit log intact: {seq} records");
+            println!("head {seq}:{hash}");
+        }
+        Command::Audit {
+            command: AuditCommand::Export { config, format },
+        } => {
+            let cfg = NodeConfig::load(&config)?;
+            let ExportFormat::Jsonl = format;
+            for r in open_store(&cfg)?.audit_chain()? {
+                let mut v: serde_json::Value = serde_json::from_str(&r.json)
+                    .with_context(|| format!("audit record {} is not valid JSON", r.seq))?;
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("seq".into(), r.seq.into());
+                    o.insert("prev_hash".into(), r.prev_hash.into());
+                    o.insert("hash".into(), r.hash.into());
+                }
+                println!("{v}");
+            }
+        }
+        Command::Check { config, analysis } => {
+            let cfg = NodeConfig::load(&config)?;
+            print!("{}", check(&cfg, &analysis).await?);
         }
         Command::Certs { out, names } => {
             for p in tls::write_dev_certs(&out, &names)? {
@@ -170,14 +430,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             format,
         } => {
             let cfg = NodeConfig::load(&config)?;
-            let state = StateDir::open(&cfg.state_dir)?;
+            let store = open_store(&cfg)?;
             let results = match sid {
                 Some(s) => {
                     let sid =
                         SessionId::from_hex(&s).context("session id must be 64 hex characters")?;
-                    vec![state.result(&sid)?]
+                    vec![store.result(&sid)?]
                 }
-                None => state.results()?,
+                None => store.results()?,
             };
             print!("{}", format_results(&results, format));
         }

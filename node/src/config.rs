@@ -16,6 +16,9 @@
 //! transfers = "data/bank-a/transfers.csv"   # .csv, .parquet, .arrow / .ipc / .feather
 //! [peers]                 # pinned identity public keys: hex, or a file holding it
 //! bank-b = "keys/bank-b.pub"
+//! [policy.coordinator]    # optional, per authorized coordinator (see `policy`)
+//! epsilon_budget = 10.0
+//! min_matched_floor = 10
 //! ```
 
 use std::collections::BTreeMap;
@@ -27,6 +30,7 @@ use cleanroom::share::{IdentityKey, IdentityPublic};
 use serde::Deserialize;
 
 use crate::NodeError;
+use crate::policy::Policy;
 
 /// TLS files of the node (PEM).
 #[derive(Debug, Clone, Deserialize)]
@@ -48,7 +52,8 @@ pub struct NodeConfig {
     pub name: String,
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Approvals, used session ids and results.
+    /// Directory of the node's database (`state.db`: approvals, used session
+    /// ids, budget ledger, audit log, results).
     pub state_dir: PathBuf,
     /// File holding the hex Ristretto identity secret.
     pub identity_key: PathBuf,
@@ -67,6 +72,10 @@ pub struct NodeConfig {
     /// the path of a file that holds them (as written by `keygen`).
     #[serde(default)]
     pub peers: BTreeMap<String, String>,
+    /// Per authorized coordinator identity: budget, floors, catalog
+    /// visibility. An identity without an entry gets [`Policy::default`].
+    #[serde(default)]
+    pub policy: BTreeMap<String, Policy>,
 }
 
 fn default_session_ttl() -> u64 {
@@ -106,14 +115,35 @@ impl NodeConfig {
         }
     }
 
-    fn validate(&self) -> Result<(), NodeError> {
+    /// Checks the config's internal consistency (done by [`NodeConfig::load`]).
+    pub fn validate(&self) -> Result<(), NodeError> {
         if self.authorized_coordinators.is_empty() {
             return Err(NodeError::Config(
                 "authorized_coordinators must name at least one coordinator".into(),
             ));
         }
+        for (name, p) in &self.policy {
+            if !self.authorized_coordinators.contains(name) {
+                return Err(NodeError::Config(format!(
+                    "policy.{name}: {name:?} is not in authorized_coordinators"
+                )));
+            }
+            p.validate(name).map_err(NodeError::Config)?;
+            for t in p.catalog_tables.iter().flatten() {
+                if !self.tables.contains_key(t) {
+                    return Err(NodeError::Config(format!(
+                        "policy.{name}.catalog_tables: no table {t:?} in [tables]"
+                    )));
+                }
+            }
+        }
         self.peer_keys()?;
         Ok(())
+    }
+
+    /// The policy for a coordinator identity.
+    pub fn policy_for(&self, coordinator: &str) -> Policy {
+        self.policy.get(coordinator).cloned().unwrap_or_default()
     }
 
     /// The pinned peer keys, parsed.

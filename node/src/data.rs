@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use cleanroom::Analysis;
+use cleanroom::analysis::Grouping;
 use cleanroom::keys::{KeyPart, KeyType, encode_part};
 use cleanroom::protocol::Row;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
@@ -15,7 +16,11 @@ use datafusion::datasource::file_format::options::ArrowReadOptions;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
 use thiserror::Error;
 
-/// Errors from the data layer. Messages name tables and columns, never values.
+/// Errors from the data layer. Messages name tables and columns, never
+/// values — except [`DataError::Engine`], whose text comes from the query
+/// engine and may quote the bank's data: the node never sends it to another
+/// party (see [`DataError::for_peer`]) nor logs it; the operator sees it
+/// with `cleanroom-node check`.
 #[derive(Debug, Error)]
 pub enum DataError {
     /// DataFusion failed (bad SQL, unreadable file, …).
@@ -77,6 +82,34 @@ pub enum DataError {
         /// Column name.
         column: String,
     },
+    /// The grouping party's query output lacks the group column.
+    #[error("query output has no group column {column:?} (the analysis groups by it)")]
+    MissingGroupColumn {
+        /// Column name.
+        column: String,
+    },
+    /// The group column holds a null or a label that is not declared.
+    #[error(
+        "group column {column:?} holds a null or a value that is not one of the analysis's declared groups"
+    )]
+    UnknownGroup {
+        /// Column name.
+        column: String,
+    },
+}
+
+impl DataError {
+    /// The message another party may see: engine errors (which may quote
+    /// cell values) are reduced to their class; the others name only tables
+    /// and columns.
+    pub fn for_peer(&self) -> String {
+        match self {
+            DataError::Engine(_) => "the local query failed in the query engine (the node's \
+                                     operator can see why with `cleanroom-node check`)"
+                .to_string(),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl From<datafusion::error::DataFusionError> for DataError {
@@ -146,13 +179,11 @@ pub fn round_count(n: u64) -> u64 {
     (n + scale / 2) / scale * scale
 }
 
-/// Table names, columns, types and rounded row counts. Never rows.
-pub async fn catalog(
-    ctx: &SessionContext,
-    tables: &BTreeMap<String, PathBuf>,
-) -> Result<Vec<TableInfo>, DataError> {
+/// Names, columns, types and rounded row counts of the given tables. Never
+/// rows.
+pub async fn catalog(ctx: &SessionContext, tables: &[String]) -> Result<Vec<TableInfo>, DataError> {
     let mut out = Vec::new();
-    for name in tables.keys() {
+    for name in tables {
         let df = ctx.table(name.as_str()).await?;
         let columns = df
             .schema()
@@ -186,17 +217,54 @@ pub async fn local_rows(
         .sql;
     let batches = ctx.sql(sql).await?.collect().await?;
     let features = analysis.features(party);
+    let grouping = analysis.grouping.as_ref().filter(|g| g.party == party);
     let mut rows = Vec::new();
     for b in &batches {
-        rows.extend(batch_rows(b, &analysis.key, &features)?);
+        rows.extend(batch_rows(b, &analysis.key, &features, grouping)?);
     }
     Ok(rows)
+}
+
+/// The group index of every row, from the group column (strings are
+/// trimmed; integers are read in decimal).
+fn group_indices(b: &RecordBatch, grouping: &Grouping) -> Result<Vec<u32>, DataError> {
+    let column = grouping.column.clone();
+    let idx = b
+        .schema()
+        .index_of(&column)
+        .map_err(|_| DataError::MissingGroupColumn {
+            column: column.clone(),
+        })?;
+    let col = b.column(idx);
+    let unknown = || DataError::UnknownGroup {
+        column: column.clone(),
+    };
+    if col.null_count() > 0 {
+        return Err(unknown());
+    }
+    let labels = match col.data_type() {
+        t if t.is_integer() => strict_cast(col, &DataType::Int64)?,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            strict_cast(col, &DataType::Utf8)?
+        }
+        _ => return Err(unknown()),
+    };
+    (0..b.num_rows())
+        .map(|r| {
+            let label = match labels.data_type() {
+                DataType::Int64 => labels.as_primitive::<Int64Type>().value(r).to_string(),
+                _ => labels.as_string::<i32>().value(r).trim().to_string(),
+            };
+            grouping.index(&label).map(|g| g as u32).ok_or_else(unknown)
+        })
+        .collect()
 }
 
 fn batch_rows(
     b: &RecordBatch,
     key: &[KeyType],
     features: &[String],
+    grouping: Option<&Grouping>,
 ) -> Result<Vec<Row>, DataError> {
     let schema = b.schema();
     if b.num_columns() < key.len() {
@@ -256,6 +324,7 @@ fn batch_rows(
             .map_err(|_| DataError::BadFeatureValue { column: f.clone() })?;
         feat_cols.push(c);
     }
+    let groups = grouping.map(|g| group_indices(b, g)).transpose()?;
     let mut rows = Vec::with_capacity(b.num_rows());
     for r in 0..b.num_rows() {
         let mut enc = Vec::with_capacity(24);
@@ -270,7 +339,11 @@ fn batch_rows(
             .iter()
             .map(|c| c.as_primitive::<UInt64Type>().value(r))
             .collect();
-        rows.push(Row { key: enc, features });
+        rows.push(Row {
+            key: enc,
+            features,
+            group: groups.as_ref().map(|g| g[r]),
+        });
     }
     Ok(rows)
 }
@@ -364,14 +437,8 @@ mod format_tests {
             ));
             let rows = local_rows(&ctx, &a, "a").await.unwrap();
             let want = vec![
-                Row {
-                    key: encode_key(&[KeyPart::Str("x"), KeyPart::Int(1)]),
-                    features: vec![14],
-                },
-                Row {
-                    key: encode_key(&[KeyPart::Str("y"), KeyPart::Int(1)]),
-                    features: vec![7],
-                },
+                Row::new(encode_key(&[KeyPart::Str("x"), KeyPart::Int(1)]), vec![14]),
+                Row::new(encode_key(&[KeyPart::Str("y"), KeyPart::Int(1)]), vec![7]),
             ];
             assert_eq!(rows, want, "table {table}");
         }

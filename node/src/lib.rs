@@ -2,25 +2,30 @@
 //!
 //! A bank's node: it keeps the bank's tables local (DataFusion), accepts only
 //! analyses the bank approved by hash, only coordinators its config
-//! authorizes (mutual TLS), and serves the protocol steps of the core crate
-//! over gRPC. The `cleanroom-node` binary is a thin CLI over [`cli`].
+//! authorizes (mutual TLS) and within their [`policy`], debits their privacy
+//! budget before any data is read, keeps a hash-chained [`audit`] log in its
+//! [`store`], and serves the protocol steps of the core crate over gRPC.
+//! The `cleanroom-node` binary is a thin CLI over [`cli`].
 
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod data;
+pub mod policy;
 pub mod server;
 pub mod service;
-pub mod state;
+pub mod store;
 pub mod tls;
+pub mod wiretap;
 
 pub use config::NodeConfig;
-pub use server::{RunningNode, spawn, spawn_with_clock};
-pub use state::StateDir;
+pub use server::{RunningNode, ServeOptions, spawn, spawn_with, spawn_with_clock};
+pub use store::Store;
 
 /// Node errors.
 #[derive(Debug, Error)]
@@ -45,6 +50,26 @@ pub enum NodeError {
     /// The analysis hash is not approved at this node.
     #[error("analysis {0} is not approved at this node (run `cleanroom-node approve`)")]
     NotApproved(String),
+    /// The approval of the analysis was revoked.
+    #[error("analysis {0} was approved at this node but its approval is revoked")]
+    Revoked(String),
+    /// The analysis's `expires` date has passed.
+    #[error("analysis {hash} expired on {date}")]
+    Expired {
+        /// Analysis hash.
+        hash: String,
+        /// Its `expires` date.
+        date: String,
+    },
+    /// The node's policy for the calling coordinator refuses the run.
+    #[error(transparent)]
+    Policy(#[from] policy::Refusal),
+    /// The config pins no identity key for a party of the analysis.
+    #[error("no pinned identity public key for peer {0:?} in this node's config")]
+    MissingPeerKey(String),
+    /// The node's database failed.
+    #[error("state database: {0}")]
+    Store(String),
     /// The session id was used before.
     #[error("session id {0} was already used at this node")]
     SessionReused(String),

@@ -14,6 +14,7 @@ use tonic::transport::Server;
 use crate::clock::{Clock, SystemClock};
 use crate::service::NodeService;
 use crate::tls::TlsMaterial;
+use crate::wiretap::{TapLayer, WireTap};
 use crate::{NodeConfig, NodeError};
 
 /// A node serving in the background. Dropping it does not stop it; call
@@ -22,6 +23,8 @@ use crate::{NodeConfig, NodeError};
 pub struct RunningNode {
     /// The bound address (useful when the config asked for port 0).
     pub addr: SocketAddr,
+    /// The service (to inspect open sessions in tests).
+    pub service: NodeService,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -48,6 +51,30 @@ pub async fn spawn_with_clock(
     config: NodeConfig,
     clock: Arc<dyn Clock>,
 ) -> Result<RunningNode, NodeError> {
+    spawn_with(config, ServeOptions { clock, tap: None }).await
+}
+
+/// How to serve, beyond the config.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// The clock (session expiry, analysis expiry, audit times).
+    pub clock: Arc<dyn Clock>,
+    /// A wire tap receiving every call's bodies (transcript tests).
+    pub tap: Option<Arc<dyn WireTap>>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            clock: SystemClock::shared(),
+            tap: None,
+        }
+    }
+}
+
+/// [`spawn`] with options.
+pub async fn spawn_with(config: NodeConfig, opts: ServeOptions) -> Result<RunningNode, NodeError> {
+    let clock = opts.clock;
     let tls = TlsMaterial::load(&config.tls.cert, &config.tls.key, &config.tls.ca)?;
     let listener = TcpListener::bind(config.listen)
         .await
@@ -56,12 +83,13 @@ pub async fn spawn_with_clock(
         .local_addr()
         .map_err(|e| NodeError::Transport(e.to_string()))?;
     let service = NodeService::new(config, clock).await?;
-    let svc = NodeServer::new(service)
+    let svc = NodeServer::new(service.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let router = Server::builder()
         .tls_config(tls.server_config())
         .map_err(|e| NodeError::Tls(e.to_string()))?
+        .layer(TapLayer(opts.tap))
         .add_service(svc);
     let (stop, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -71,5 +99,10 @@ pub async fn spawn_with_clock(
             })
             .await
     });
-    Ok(RunningNode { addr, stop, task })
+    Ok(RunningNode {
+        addr,
+        service,
+        stop,
+        task,
+    })
 }

@@ -1,5 +1,10 @@
-//! The node's gRPC service: authorizes the caller, checks every message
-//! against its session, and drives the core crate's [`NodeSession`].
+//! The node's gRPC service: authorizes the caller, applies its policy,
+//! checks every message against its session, keeps the audit log and the
+//! budget ledger, and drives the core crate's [`NodeSession`].
+//!
+//! What leaves the node in an error: the rule or the column that failed,
+//! never a value, a count or the query engine's own text (which may quote
+//! data). What the node logs: ids, names, list sizes and error classes.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -7,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use cleanroom::protocol::{Delivery, MaskShare, NodeSession, PeerKeys, ProtocolError};
+use cleanroom::protocol::{Delivery, MaskShare, MaskSumRequest as CoreMaskSum, NodeSession};
+use cleanroom::protocol::{PeerKeys, ProtocolError};
 use cleanroom::session::os_rng;
 use cleanroom::share::IdentityKey;
 use cleanroom::{Analysis, AnalysisHash, SessionId};
@@ -18,23 +24,77 @@ use datafusion::prelude::SessionContext;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use crate::audit::{Event, Record};
 use crate::clock::Clock;
-use crate::{NodeConfig, NodeError, StateDir, data, tls};
+use crate::{NodeConfig, NodeError, Store, data, tls};
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// Environment variable naming a point at which the node process aborts, for
+/// crash-consistency tests (`after-debit`: right after the budget debit has
+/// committed, before the local step replies). Unset in production.
+pub const FAILPOINT_ENV: &str = "CLEANROOM_NODE_FAILPOINT";
+
+fn failpoint(name: &str) {
+    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == name) {
+        eprintln!("failpoint {name}: aborting the process");
+        std::process::abort();
+    }
+}
+
 /// One live session.
 struct Session {
-    opened: Duration,
+    /// Monotonic time of the session's last message (it expires a TTL
+    /// after that).
+    last_seen: Mutex<Duration>,
+    sid: SessionId,
     hash: AnalysisHash,
     analysis: Analysis,
-    proto: RwLock<NodeSession>,
+    /// The certificate identity that set the session up; no other may use it.
+    coordinator: String,
+    /// The session's secrets; taken (and zeroized) when the session ends,
+    /// even while a stream task still holds the session.
+    proto: RwLock<Option<NodeSession>>,
     local_done: AtomicBool,
     /// Lists this node has started re-blinding: one stream per list, so the
     /// node cannot be used as a blinding oracle.
     reblinded: Mutex<HashSet<u32>>,
+}
+
+fn closed() -> Status {
+    Status::not_found("the session has ended (finished, aborted or expired)")
+}
+
+impl Session {
+    /// Drops the session's secrets now.
+    fn close(&self) {
+        self.proto.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&NodeSession) -> Result<T, Status>) -> Result<T, Status> {
+        let guard = self.proto.read().unwrap_or_else(|e| e.into_inner());
+        f(guard.as_ref().ok_or_else(closed)?)
+    }
+
+    fn with_mut<T>(
+        &self,
+        f: impl FnOnce(&mut NodeSession) -> Result<T, Status>,
+    ) -> Result<T, Status> {
+        let mut guard = self.proto.write().unwrap_or_else(|e| e.into_inner());
+        f(guard.as_mut().ok_or_else(closed)?)
+    }
+
+    /// A record of `event` for this session.
+    fn record(&self, store: &Store, event: Event) -> Record {
+        let mut r = store.record(event);
+        r.sid = Some(self.sid.to_hex());
+        r.analysis_hash = Some(self.hash.to_hex());
+        r.analysis = Some(self.analysis.name.clone());
+        r.coordinator = Some(self.coordinator.clone());
+        r
+    }
 }
 
 /// The gRPC service: a cheap handle on the node's shared state.
@@ -51,7 +111,7 @@ impl std::ops::Deref for NodeService {
 /// Shared state of a running node.
 pub struct NodeState {
     config: NodeConfig,
-    state: StateDir,
+    store: Store,
     ctx: SessionContext,
     identity: IdentityKey,
     peers: PeerKeys,
@@ -67,26 +127,53 @@ impl std::fmt::Debug for NodeState {
     }
 }
 
-fn status(e: NodeError) -> Status {
+/// The class of a node error, for audit records and logs.
+fn class(e: &NodeError) -> &'static str {
     match e {
-        NodeError::NotApproved(_) | NodeError::NotAParty(_) => {
-            Status::failed_precondition(e.to_string())
+        NodeError::NotApproved(_) => "not approved",
+        NodeError::Revoked(_) => "approval revoked",
+        NodeError::Expired { .. } => "analysis expired",
+        NodeError::NotAParty(_) => "not a party",
+        NodeError::MissingPeerKey(_) => "missing pinned peer key",
+        NodeError::SessionReused(_) => "session id reused",
+        NodeError::Analysis(_) => "invalid analysis",
+        NodeError::Policy(crate::policy::Refusal::DpRequired(_)) => "policy: dp required",
+        NodeError::Policy(crate::policy::Refusal::BelowFloor { .. }) => {
+            "policy: min_matched below floor"
         }
+        NodeError::Policy(crate::policy::Refusal::BudgetExhausted { .. }) => "budget exhausted",
+        NodeError::Data(_) => "local query failed",
+        _ => "internal error",
+    }
+}
+
+fn status(e: NodeError) -> Status {
+    match &e {
+        NodeError::NotApproved(_)
+        | NodeError::Revoked(_)
+        | NodeError::Expired { .. }
+        | NodeError::NotAParty(_)
+        | NodeError::MissingPeerKey(_)
+        | NodeError::Policy(_) => Status::failed_precondition(e.to_string()),
         NodeError::SessionReused(_) => Status::already_exists(e.to_string()),
         NodeError::Analysis(_) => Status::invalid_argument(e.to_string()),
-        NodeError::Data(_) => Status::failed_precondition(e.to_string()),
-        _ => Status::internal(e.to_string()),
+        NodeError::Data(d) => Status::failed_precondition(d.for_peer()),
+        _ => {
+            error!("internal error: {e}");
+            Status::internal("internal error at the node (see its log)")
+        }
     }
 }
 
 fn proto_status(e: ProtocolError) -> Status {
     match e {
-        ProtocolError::TooFewMatches { .. } | ProtocolError::MissingPeerKey(_) => {
-            Status::failed_precondition(e.to_string())
-        }
-        ProtocolError::SumTooLarge { .. }
+        ProtocolError::TooFewMatches
+        | ProtocolError::MissingPeerKey(_)
+        | ProtocolError::SumTooLarge { .. }
         | ProtocolError::DuplicateKey { .. }
-        | ProtocolError::WidthMismatch { .. } => Status::failed_precondition(e.to_string()),
+        | ProtocolError::WidthMismatch { .. }
+        | ProtocolError::BadGroup { .. }
+        | ProtocolError::ListTooLong { .. } => Status::failed_precondition(e.to_string()),
         _ => Status::invalid_argument(e.to_string()),
     }
 }
@@ -115,17 +202,25 @@ impl NodeService {
     pub async fn new(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Self, NodeError> {
         Ok(NodeService(Arc::new(NodeState::load(config, clock).await?)))
     }
+
+    /// Sessions currently open (for tests and health reporting).
+    pub fn open_sessions(&self) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
 }
 
 impl NodeState {
     async fn load(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Self, NodeError> {
-        let state = StateDir::open(&config.state_dir)?;
+        let store = Store::open(&config.state_dir, clock.clone())?;
         let ctx = data::load_tables(&config.tables).await?;
         let identity = config.identity()?;
         let peers = config.peer_keys()?;
         Ok(NodeState {
             config,
-            state,
+            store,
             ctx,
             identity,
             peers,
@@ -153,29 +248,42 @@ impl NodeState {
         }
     }
 
-    /// Drops sessions older than the configured TTL (their secrets with them).
+    /// Drops sessions idle for longer than the configured TTL (their
+    /// secrets with them) and records their expiry.
     fn expire_sessions(&self) {
         let ttl = Duration::from_secs(self.config.session_ttl_secs);
         let now = self.clock.now();
+        let mut expired = Vec::new();
         self.sessions
             .lock()
-            .expect("session map poisoned")
-            .retain(|sid, s| {
-                let keep = now.saturating_sub(s.opened) < ttl;
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, s| {
+                let last = *s.last_seen.lock().unwrap_or_else(|e| e.into_inner());
+                let keep = now.saturating_sub(last) < ttl;
                 if !keep {
-                    warn!(%sid, "session expired unfinished; nothing released");
+                    expired.push(s.clone());
                 }
                 keep
             });
+        for s in expired {
+            s.close();
+            warn!(sid = %s.sid, "session expired unfinished; its secrets are dropped, nothing released");
+            let mut rec = s.record(&self.store, Event::Expire);
+            rec.outcome = "expired unfinished; nothing released".into();
+            if let Err(e) = self.store.close_session(&rec) {
+                error!(sid = %s.sid, "cannot record the expiry: {e}");
+            }
+        }
     }
 
-    fn session(&self, r: &Option<SessionRef>) -> Result<Arc<Session>, Status> {
+    /// The open session `r` names, for the identity `who` that set it up.
+    fn session(&self, r: &Option<SessionRef>, who: &str) -> Result<Arc<Session>, Status> {
         let (sid, hash) = parse_ref(r)?;
         self.expire_sessions();
         let s = self
             .sessions
             .lock()
-            .expect("session map poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .get(&sid)
             .cloned()
             .ok_or_else(|| {
@@ -183,34 +291,68 @@ impl NodeState {
                     "no open session {sid} (never set up, finished or expired)"
                 ))
             })?;
+        if s.coordinator != who {
+            warn!(%sid, caller = %who, "refused: the session belongs to another coordinator identity");
+            return Err(Status::permission_denied(
+                "the session was set up by another coordinator identity",
+            ));
+        }
         if s.hash != hash {
             return Err(Status::invalid_argument(
                 "analysis hash does not match the session",
             ));
         }
+        *s.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = self.clock.now();
         Ok(s)
     }
 
+    /// Checks everything a setup needs, in order, before any state changes:
+    /// the text and its hash, the approval (not revoked, not expired), party
+    /// membership, the policy and the budget; then claims the sid.
     fn setup_session(
         &self,
+        who: &str,
         sid: SessionId,
         hash: AnalysisHash,
         text: &str,
-    ) -> Result<Arc<Session>, Status> {
-        let analysis = Analysis::parse(text).map_err(|e| status(e.into()))?;
+    ) -> Result<Arc<Session>, NodeError> {
+        let analysis = Analysis::parse(text)?;
         if analysis.hash() != hash {
-            return Err(Status::invalid_argument(format!(
-                "analysis text hashes to {}, not to the announced {hash}",
-                analysis.hash()
+            return Err(NodeError::Analysis(cleanroom::AnalysisError::Syntax(
+                format!(
+                    "analysis text hashes to {}, not to the announced {hash}",
+                    analysis.hash()
+                ),
             )));
         }
-        if !self.state.is_approved(&hash) {
-            return Err(status(NodeError::NotApproved(hash.to_hex())));
+        let approval = self
+            .store
+            .approval(&hash)?
+            .ok_or_else(|| NodeError::NotApproved(hash.to_hex()))?;
+        if approval.revoked_at.is_some() {
+            return Err(NodeError::Revoked(hash.to_hex()));
+        }
+        if let Some(at) = analysis.expires_at()
+            && self.clock.unix_now() >= at
+        {
+            return Err(NodeError::Expired {
+                hash: hash.to_hex(),
+                date: analysis.expires.clone().unwrap_or_default(),
+            });
         }
         if analysis.party_index(&self.config.name).is_none() {
-            return Err(status(NodeError::NotAParty(self.config.name.clone())));
+            return Err(NodeError::NotAParty(self.config.name.clone()));
         }
-        self.state.claim_session(&sid).map_err(status)?;
+        let policy = self.config.policy_for(who);
+        policy.admit(who, &analysis)?;
+        policy.afford(
+            who,
+            &self.store.spent(who)?,
+            analysis.privacy_cost().as_ref(),
+        )?;
+        if self.store.session_used(&sid)? {
+            return Err(NodeError::SessionReused(sid.to_hex()));
+        }
         let proto = NodeSession::new(
             &analysis,
             sid,
@@ -219,15 +361,62 @@ impl NodeState {
             &self.peers,
             &mut os_rng(),
         )
-        .map_err(proto_status)?;
-        Ok(Arc::new(Session {
-            opened: self.clock.now(),
+        .map_err(|e| match e {
+            ProtocolError::MissingPeerKey(p) => NodeError::MissingPeerKey(p),
+            e => NodeError::Config(e.to_string()),
+        })?;
+        let session = Arc::new(Session {
+            last_seen: Mutex::new(self.clock.now()),
+            sid,
             hash,
             analysis,
-            proto: RwLock::new(proto),
+            coordinator: who.to_string(),
+            proto: RwLock::new(Some(proto)),
             local_done: AtomicBool::new(false),
             reblinded: Mutex::new(HashSet::new()),
-        }))
+        });
+        self.store
+            .open_session(&session.record(&self.store, Event::Setup))?;
+        Ok(session)
+    }
+
+    /// Records a step that failed, with its class only.
+    fn failed(&self, s: &Session, step: &str, st: &Status) {
+        let mut rec = s.record(&self.store, Event::Failed);
+        rec.outcome = format!("{step}: {:?}", st.code());
+        if let Err(e) = self.store.log(&rec) {
+            error!(sid = %s.sid, "cannot record a failure: {e}");
+        }
+        warn!(sid = %s.sid, step, code = ?st.code(), "step failed");
+    }
+
+    /// The local step up to the prepared list: debit, query, blind and mask.
+    async fn prepare_list(
+        &self,
+        s: &Arc<Session>,
+    ) -> Result<cleanroom::protocol::PreparedList, Status> {
+        if s.local_done.swap(true, Ordering::SeqCst) {
+            return Err(Status::failed_precondition(
+                "local step already ran for this session",
+            ));
+        }
+        // The budget is debited, durably and with its audit record, before
+        // any data is read.
+        let policy = self.config.policy_for(&s.coordinator);
+        self.store
+            .debit(
+                &s.record(&self.store, Event::Debit),
+                s.analysis.privacy_cost().as_ref(),
+                &policy,
+            )
+            .map_err(status)?;
+        failpoint("after-debit");
+        let rows = data::local_rows(&self.ctx, &s.analysis, &self.config.name)
+            .await
+            .map_err(|e| status(e.into()))?;
+        let s2 = s.clone();
+        blocking(move || s2.with(|proto| proto.prepare(rows, &mut os_rng()).map_err(proto_status)))
+            .await
     }
 }
 
@@ -248,8 +437,16 @@ impl Node for NodeService {
         &self,
         req: Request<CatalogRequest>,
     ) -> Result<Response<CatalogResponse>, Status> {
-        self.authorize(&req)?;
-        let tables = data::catalog(&self.ctx, &self.config.tables)
+        let who = self.authorize(&req)?;
+        let policy = self.config.policy_for(&who);
+        let visible: Vec<String> = self
+            .config
+            .tables
+            .keys()
+            .filter(|t| policy.shows(t))
+            .cloned()
+            .collect();
+        let tables = data::catalog(&self.ctx, &visible)
             .await
             .map_err(|e| status(e.into()))?
             .into_iter()
@@ -271,22 +468,30 @@ impl Node for NodeService {
         let r = req.into_inner();
         let (sid, hash) = parse_ref(&r.session)?;
         self.expire_sessions();
-        let result = self.setup_session(sid, hash, &r.analysis_toml);
-        match &result {
+        match self.setup_session(&who, sid, hash, &r.analysis_toml) {
             Ok(s) => {
                 info!(coordinator = %who, %sid, analysis = %s.analysis.name, "session opened");
                 self.sessions
                     .lock()
-                    .expect("session map poisoned")
-                    .insert(sid, s.clone());
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(sid, s);
+                Ok(Response::new(SetupResponse {
+                    party: self.config.name.clone(),
+                }))
             }
-            Err(e) => warn!(coordinator = %who, %sid, "setup refused: {}", e.message()),
+            Err(e) => {
+                let mut rec = self.store.record(Event::Refused);
+                rec.sid = Some(sid.to_hex());
+                rec.analysis_hash = Some(hash.to_hex());
+                rec.coordinator = Some(who.clone());
+                rec.outcome = class(&e).to_string();
+                if let Err(e) = self.store.log(&rec) {
+                    error!(%sid, "cannot record a refusal: {e}");
+                }
+                warn!(coordinator = %who, %sid, reason = class(&e), "setup refused");
+                Err(status(e))
+            }
         }
-        result.map(|_| {
-            Response::new(SetupResponse {
-                party: self.config.name.clone(),
-            })
-        })
     }
 
     type LocalStepStream = Stream_<ListChunk>;
@@ -295,22 +500,19 @@ impl Node for NodeService {
         &self,
         req: Request<LocalStepRequest>,
     ) -> Result<Response<Self::LocalStepStream>, Status> {
-        self.authorize(&req)?;
-        let s = self.session(&req.get_ref().session)?;
-        if s.local_done.swap(true, Ordering::SeqCst) {
-            return Err(Status::failed_precondition(
-                "local step already ran for this session",
-            ));
-        }
-        let rows = data::local_rows(&self.ctx, &s.analysis, &self.config.name)
-            .await
-            .map_err(|e| status(e.into()))?;
-        let s2 = s.clone();
-        let list = blocking(move || {
-            let proto = s2.proto.read().expect("session lock poisoned");
-            proto.prepare(rows, &mut os_rng()).map_err(proto_status)
-        })
-        .await?;
+        let who = self.authorize(&req)?;
+        let s = self.session(&req.get_ref().session, &who)?;
+        let list = match self.prepare_list(&s).await {
+            Ok(l) => l,
+            Err(st) => {
+                self.failed(&s, "local step", &st);
+                return Err(st);
+            }
+        };
+        let mut rec = s.record(&self.store, Event::LocalStep);
+        rec.list_rows = Some(list.len);
+        self.store.log(&rec).map_err(status)?;
+        info!(sid = %s.sid, rows = list.len, "local step done");
         let total = list.len;
         let width = list.width;
         let chunks: Vec<Result<ListChunk, Status>> = list
@@ -332,7 +534,6 @@ impl Node for NodeService {
                 })
             })
             .collect();
-        info!(sid = %s.proto.read().expect("session lock poisoned").sid(), rows = total, "local step done");
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
@@ -342,23 +543,33 @@ impl Node for NodeService {
         &self,
         req: Request<Streaming<ReblindChunk>>,
     ) -> Result<Response<Self::ReblindStream>, Status> {
-        self.authorize(&req)?;
+        let who = self.authorize(&req)?;
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let this = self.clone();
         tokio::spawn(async move {
             let mut bound: Option<(Arc<Session>, u32)> = None;
+            let mut points_done = 0u64;
             loop {
                 let msg = match inbound.message().await {
                     Ok(Some(m)) => m,
-                    Ok(None) => break,
+                    Ok(None) => {
+                        if let Some((s, _)) = &bound {
+                            let mut rec = s.record(&this.store, Event::Reblind);
+                            rec.list_rows = Some(points_done);
+                            if let Err(e) = this.store.log(&rec) {
+                                error!(sid = %s.sid, "cannot record a re-blind: {e}");
+                            }
+                        }
+                        break;
+                    }
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
                         break;
                     }
                 };
                 let step = async {
-                    let s = this.session(&msg.session)?;
+                    let s = this.session(&msg.session, &who)?;
                     match &bound {
                         Some((b, owner)) if !Arc::ptr_eq(b, &s) || *owner != msg.owner => {
                             return Err(Status::invalid_argument(
@@ -369,7 +580,7 @@ impl Node for NodeService {
                             if !s
                                 .reblinded
                                 .lock()
-                                .expect("session lock poisoned")
+                                .unwrap_or_else(|e| e.into_inner())
                                 .insert(msg.owner)
                             {
                                 return Err(Status::failed_precondition(
@@ -383,12 +594,20 @@ impl Node for NodeService {
                     let points = msg.points;
                     let owner = msg.owner as usize;
                     blocking(move || {
-                        let proto = s.proto.read().expect("session lock poisoned");
-                        proto.reblind(owner, &points).map_err(proto_status)
+                        s.with(|proto| proto.reblind(owner, &points).map_err(proto_status))
                     })
                     .await
                 };
-                let out = step.await.map(|points| PointChunk { points });
+                let out = step.await;
+                match &out {
+                    Ok(p) => points_done += (p.len() / 16) as u64,
+                    Err(st) => {
+                        if let Some((s, _)) = &bound {
+                            this.failed(s, "re-blind", st);
+                        }
+                    }
+                }
+                let out = out.map(|points| PointChunk { points });
                 let failed = out.is_err();
                 if tx.send(out).await.is_err() || failed {
                     break;
@@ -402,16 +621,29 @@ impl Node for NodeService {
         &self,
         req: Request<MaskSumRequest>,
     ) -> Result<Response<MaskSumResponse>, Status> {
-        self.authorize(&req)?;
+        let who = self.authorize(&req)?;
         let r = req.into_inner();
-        let s = self.session(&r.session)?;
-        let share = blocking(move || {
-            let mut proto = s.proto.write().expect("session lock poisoned");
-            proto
-                .mask_sum(r.owner as usize, &r.positions, r.list_len)
-                .map_err(proto_status)
-        })
-        .await?;
+        let s = self.session(&r.session, &who)?;
+        let core = CoreMaskSum {
+            owner: r.owner as usize,
+            list_len: r.list_len,
+            positions: r.positions,
+            pad: r.pad,
+        };
+        let s2 = s.clone();
+        let share =
+            blocking(move || s2.with_mut(|proto| proto.mask_sum(&core).map_err(proto_status)))
+                .await;
+        let share = match share {
+            Ok(sh) => sh,
+            Err(st) => {
+                self.failed(&s, "mask sum", &st);
+                return Err(st);
+            }
+        };
+        self.store
+            .log(&s.record(&self.store, Event::MaskSum))
+            .map_err(status)?;
         Ok(Response::new(MaskSumResponse {
             sealed: match share {
                 MaskShare::Sealed(b) => b,
@@ -424,9 +656,9 @@ impl Node for NodeService {
         &self,
         req: Request<DeliverRequest>,
     ) -> Result<Response<DeliverResponse>, Status> {
-        self.authorize(&req)?;
+        let who = self.authorize(&req)?;
         let r = req.into_inner();
-        let s = self.session(&r.session)?;
+        let s = self.session(&r.session, &who)?;
         let delivery = Delivery {
             count: r.count,
             sums: r.sums.iter().map(|l| l.masked_sum.clone()).collect(),
@@ -436,42 +668,84 @@ impl Node for NodeService {
                 .map(|l| (!l.sealed_mask_sum.is_empty()).then_some(l.sealed_mask_sum))
                 .collect(),
         };
-        let release = s
-            .proto
-            .write()
-            .expect("session lock poisoned")
-            .unmask_release(&delivery)
-            .map_err(proto_status)?;
-        let path = self.state.store_result(&release).map_err(status)?;
-        // Tell the coordinator where inside the state directory, not the
-        // node's file system layout.
-        let path = path
-            .strip_prefix(&self.config.state_dir)
-            .unwrap_or(&path)
-            .to_path_buf();
-        info!(sid = %release.sid, analysis = %release.analysis, "result stored in the state directory");
-        Ok(Response::new(DeliverResponse {
-            stored_as: path.display().to_string(),
-        }))
+        let release =
+            match s.with_mut(|proto| proto.unmask_release(&delivery).map_err(proto_status)) {
+                Ok(r) => r,
+                Err(st) => {
+                    self.failed(&s, "deliver", &st);
+                    return Err(st);
+                }
+            };
+        let mut rec = s.record(&self.store, Event::Release);
+        rec.aggregates = s
+            .analysis
+            .aggregates
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        let stored_as = self.store.store_result(&release, &rec).map_err(status)?;
+        info!(sid = %s.sid, analysis = %s.analysis.name, "result stored in the state database");
+        Ok(Response::new(DeliverResponse { stored_as }))
     }
 
     async fn finish(
         &self,
         req: Request<FinishRequest>,
     ) -> Result<Response<FinishResponse>, Status> {
-        self.authorize(&req)?;
+        let who = self.authorize(&req)?;
         let r = req.into_inner();
-        let (sid, _) = parse_ref(&r.session)?;
-        let _ = self.session(&r.session)?;
+        let s = self.session(&r.session, &who)?;
         self.sessions
             .lock()
-            .expect("session map poisoned")
-            .remove(&sid);
-        if r.aborted {
-            warn!(%sid, reason = %r.reason, "session aborted by the coordinator; nothing released");
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&s.sid);
+        s.close();
+        let reason = r.reason().as_str_name();
+        let rec = if r.aborted {
+            warn!(sid = %s.sid, reason, "session aborted by the coordinator; nothing released");
+            let mut rec = s.record(&self.store, Event::Abort);
+            rec.outcome = reason.to_string();
+            rec
         } else {
-            info!(%sid, "session finished");
-        }
+            info!(sid = %s.sid, "session finished");
+            s.record(&self.store, Event::Finish)
+        };
+        self.store.close_session(&rec).map_err(status)?;
         Ok(Response::new(FinishResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session's secrets go when it ends, even while a stream task still
+    /// holds the session: later steps find it closed.
+    #[test]
+    fn closing_drops_secrets_held_by_a_stream() {
+        let text = "name = \"t\"\nrecipient = \"a\"\n[parties.a]\nsql = \"s\"\n[parties.b]\nsql = \"s\"\n\
+                    [output]\naggregates = [\"count\"]\n";
+        let analysis = Analysis::parse(text).unwrap();
+        let mut rng = os_rng();
+        let (ka, kb) = (IdentityKey::random(&mut rng), IdentityKey::random(&mut rng));
+        let peers: PeerKeys = [("b".to_string(), kb.public())].into();
+        let sid = SessionId::random(&mut rng);
+        let proto = NodeSession::new(&analysis, sid, "a", &ka, &peers, &mut rng).unwrap();
+        let session = Arc::new(Session {
+            last_seen: Mutex::new(Duration::ZERO),
+            sid,
+            hash: analysis.hash(),
+            analysis,
+            coordinator: "c".into(),
+            proto: RwLock::new(Some(proto)),
+            local_done: AtomicBool::new(false),
+            reblinded: Mutex::new(HashSet::new()),
+        });
+        let held_by_stream = session.clone();
+        assert!(held_by_stream.with(|_| Ok(())).is_ok());
+        session.close();
+        assert!(held_by_stream.proto.read().unwrap().is_none());
+        let err = held_by_stream.with(|_| Ok(())).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
     }
 }

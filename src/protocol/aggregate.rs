@@ -1,71 +1,162 @@
-//! Steps 5 and 6 on the coordinator: sums of masked rows, the release
-//! threshold, and DP noise added to the still-masked sums (so the coordinator
-//! never knows a noise-free aggregate, nor an unmasked one).
+//! Steps 4–7 on the coordinator: matching, the release threshold, the one
+//! noise draw that hides the count, sums of masked rows, DP noise added to
+//! the still-masked sums, and the one-time pads that keep the recipient from
+//! seeing any list's masked sum alone. The coordinator never holds an
+//! unmasked aggregate, nor a noise-free one under DP.
 
 use rand::CryptoRng;
 
-use super::{PreparedList, ProtocolError, match_lists};
+use super::{Layout, MaskSumRequest, PreparedList, ProtocolError, match_lists};
 use crate::analysis::{Aggregate, Analysis};
 use crate::psi::TRUNCATED_LEN;
 use crate::share::check_positions;
 
-/// What the coordinator has decided after matching: which positions each
-/// unmasker sums, the (noisy) masked sums and the count to release.
+/// What the coordinator has decided after matching.
+///
+/// The coordinator knows everything here (its own randomness, and the exact
+/// match count, as the leakage table says); it sends `positions[i]` and
+/// `pads[i]` to the unmasker of list `i` and `sums` and `count` to the
+/// recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReleasePlan {
     /// Exact number of matched keys (known to the coordinator only).
     pub matched: u64,
     /// Per list: matched positions plus, under DP, some dummy positions.
     pub positions: Vec<Vec<u64>>,
-    /// Per list: masked sums over `positions` (noisy under DP).
+    /// Per list: the one-time pad `r_i`, uniform, one word per masked slot
+    /// (empty for lists without features).
+    pub pads: Vec<Vec<u64>>,
+    /// Per list: `Y_i + noise + r_i`, the masked sums over `positions`, noisy
+    /// under DP, padded.
     pub sums: Vec<Vec<u64>>,
-    /// Count to release (noisy under DP).
-    pub count: i64,
+    /// Count to release (`m`, or under DP `m + z - shift`); `None` for
+    /// grouped results, whose counts are masked sums.
+    pub count: Option<i64>,
 }
 
-/// Steps 4–6 on the coordinator, shared by the in-memory and the gRPC run:
-/// matches the final (truncated) lists, adds DP dummy positions (step 7),
-/// sums the masked rows and applies the release policy and noise.
-/// `lists[i]` is list `i` as its owner prepared it, `finals[i]` the same
-/// list after the whole blinding ring.
+impl ReleasePlan {
+    /// The step-5 request for list `owner` of `list_len` rows.
+    pub fn mask_sum_request(&self, owner: usize, list_len: u64) -> MaskSumRequest {
+        MaskSumRequest {
+            owner,
+            list_len,
+            positions: self.positions[owner].clone(),
+            pad: self.pads[owner].clone(),
+        }
+    }
+
+    /// The step-6 delivery, given the sealed mask sums collected in step 5.
+    pub fn delivery(&self, sealed: Vec<Option<Vec<u8>>>) -> Delivery {
+        Delivery {
+            count: self.count,
+            sums: self.sums.clone(),
+            sealed,
+        }
+    }
+}
+
+/// What the coordinator delivers to the recipient's node (step 6).
+///
+/// The recipient learns the released numbers and nothing else: every sum is
+/// padded with an `r_i` that also pads the matching mask sum, so each value
+/// on its own is uniform and only their difference (the release) carries
+/// information.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Count to release (noisy under DP); `None` for grouped results.
+    pub count: Option<i64>,
+    /// Per list (ring order): `Y_i + noise + r_i`.
+    pub sums: Vec<Vec<u64>>,
+    /// Per list: `M_i + r_i` sealed for the recipient by the list's unmasker
+    /// (`None` where the recipient is the unmasker or the list has no
+    /// features).
+    pub sealed: Vec<Option<Vec<u8>>>,
+}
+
+/// Steps 4–7 on the coordinator, shared by the in-memory and the gRPC run:
+/// matches the final (truncated) lists, refuses to go on below
+/// `min_matched`, adds DP dummy positions (one draw per group, shared by all
+/// lists), sums the masked rows, adds noise and pads. `lists[i]` is list `i`
+/// as its owner prepared it, `finals[i]` the same list after the whole
+/// blinding ring.
 pub fn plan_release<R: CryptoRng + ?Sized>(
     analysis: &Analysis,
     lists: &[PreparedList],
     finals: &[Vec<u8>],
     rng: &mut R,
 ) -> Result<ReleasePlan, ProtocolError> {
+    let layout = Layout::new(analysis);
     let names = analysis.party_names();
+    for (i, l) in lists.iter().enumerate() {
+        if l.width != layout.row_width(i) || l.masked.len() as u64 != l.len * l.width as u64 {
+            return Err(ProtocolError::Violation(format!(
+                "list of {} does not have the analysis's layout",
+                names[i]
+            )));
+        }
+    }
     let refs: Vec<&[u8]> = finals.iter().map(Vec::as_slice).collect();
     let matches = match_lists(&refs, TRUNCATED_LEN, &names)?;
+    let m = matches.count;
+    let min = analysis.privacy.min_matched;
+    let dp = analysis.privacy.dp.as_ref();
+    // Without DP the exact count is the release condition (for grouped
+    // results a necessary one: the recipient thresholds every group).
+    if dp.is_none() && m < min {
+        return Err(ProtocolError::TooFewMatches);
+    }
+    let zs = draw_count_noise(analysis, rng)?;
     let mut positions = matches.positions;
-    for (pos, list) in positions.iter_mut().zip(lists) {
-        add_dummy_positions(analysis, pos, &list.dummies, rng)?;
+    for (i, (pos, list)) in positions.iter_mut().zip(lists).enumerate() {
+        add_dummy_positions(analysis, &layout, i, pos, &list.dummies, &zs, rng)?;
     }
     let mut sums = lists
         .iter()
         .zip(&positions)
         .map(|(l, pos)| sum_masked(&l.masked, l.width, pos))
         .collect::<Result<Vec<_>, _>>()?;
-    let count = noisy_release(analysis, matches.count, &mut sums, rng)?;
+    if let Some(dp) = dp {
+        for a in &analysis.aggregates {
+            if let Aggregate::Sum { party, column } = a {
+                let (p, f) = analysis
+                    .sum_slot(party, column)
+                    .ok_or_else(|| ProtocolError::UnknownParty(party.clone()))?;
+                let noise = dp.noise(analysis.bound(party, column).unwrap_or(1).max(1))?;
+                for g in 0..layout.groups() {
+                    let slot = layout.feature_slot(p, f, g);
+                    sums[p][slot] = sums[p][slot].wrapping_add(noise.sample(rng) as u64);
+                }
+            }
+        }
+    }
+    let count = if layout.is_grouped() {
+        None
+    } else {
+        // The one draw of step 7: the unmaskers see m + z, the recipient
+        // m + z - shift, so the count costs its epsilon once.
+        let count = match (dp, zs.first()) {
+            (Some(dp), Some(&z)) => m as i64 + z as i64 - dp.dummy_shift() as i64,
+            _ => m as i64,
+        };
+        if min > 0 && count < min as i64 {
+            return Err(ProtocolError::TooFewMatches);
+        }
+        Some(count)
+    };
+    let pads: Vec<Vec<u64>> = sums
+        .iter()
+        .map(|s| s.iter().map(|_| rng.next_u64()).collect())
+        .collect();
+    for (s, r) in sums.iter_mut().zip(&pads) {
+        crate::share::add_assign(s, r);
+    }
     Ok(ReleasePlan {
-        matched: matches.count,
+        matched: m,
         positions,
+        pads,
         sums,
         count,
     })
-}
-
-/// What the coordinator delivers to the recipient's node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    /// Matched count to release (noisy under DP).
-    pub count: i64,
-    /// Per list (ring order): masked sums of the matched rows (noisy under DP).
-    pub sums: Vec<Vec<u64>>,
-    /// Per list: the mask sum sealed for the recipient by the list's
-    /// unmasker (`None` where the recipient is the unmasker or the list has no
-    /// features).
-    pub sealed: Vec<Option<Vec<u8>>>,
 }
 
 /// `Y = Σ_{j ∈ positions} y_j mod 2^64` over a flat masked matrix.
@@ -87,51 +178,43 @@ pub fn sum_masked(
     Ok(sum)
 }
 
-/// Applies the release policy to the matched count `m` and the masked sums
-/// (`sums[i]` in the feature order of list `i`): under DP, adds noise to the
-/// count (sensitivity 1) and to every summed feature (sensitivity = its
-/// bound); then refuses when the (noisy) count is below `min_matched`.
-/// Returns the count to release.
-pub fn noisy_release<R: CryptoRng + ?Sized>(
+/// Step 7's noise: under DP, one draw `z_g` per group from the discrete
+/// Laplace of scale `1/ε` shifted by [`crate::analysis::DpSpec::dummy_shift`]
+/// and truncated (by rejection) to `[0, 2·shift]`. Empty without DP.
+pub fn draw_count_noise<R: CryptoRng + ?Sized>(
     analysis: &Analysis,
-    matched: u64,
-    sums: &mut [Vec<u64>],
     rng: &mut R,
-) -> Result<i64, ProtocolError> {
-    let mut count = matched as i64;
-    if let Some(dp) = &analysis.privacy.dp {
-        count += dp.noise(1)?.sample(rng);
-        for a in &analysis.aggregates {
-            if let Aggregate::Sum { party, column } = a {
-                let (p, f) = analysis
-                    .sum_slot(party, column)
-                    .ok_or_else(|| ProtocolError::UnknownParty(party.clone()))?;
-                let bound = analysis.bound(party, column).unwrap_or(1).max(1);
-                let noise = dp.noise(bound)?.sample(rng);
-                sums[p][f] = sums[p][f].wrapping_add(noise as u64);
+) -> Result<Vec<u64>, ProtocolError> {
+    let Some(dp) = &analysis.privacy.dp else {
+        return Ok(Vec::new());
+    };
+    let shift = dp.dummy_shift() as i64;
+    let noise = crate::dp::Noise::laplace(dp.epsilon, 1)?;
+    Ok((0..analysis.group_count())
+        .map(|_| {
+            loop {
+                let z = shift + noise.sample(rng);
+                if (0..=2 * shift).contains(&z) {
+                    break z as u64;
+                }
             }
-        }
-    }
-    let min = analysis.privacy.min_matched;
-    if count < min as i64 {
-        return Err(ProtocolError::TooFewMatches {
-            matched: count,
-            min,
-        });
-    }
-    Ok(count)
+        })
+        .collect())
 }
 
-/// Step 7 (DP only): hides the match count from the unmasker of a list.
-/// Draws `z` from a discrete Laplace of scale `1/ε` shifted by
-/// [`crate::analysis::DpSpec::dummy_shift`] and truncated to `[0, 2·shift]`,
-/// and appends `z` of the list's dummy positions (zero features) to the
-/// matched positions, then sorts them. Sums are unchanged; the unmasker sees
-/// `m + z`. Without DP, does nothing (and expects no dummies).
+/// Step 7 (DP only): hides the match count from the unmasker of list `list`.
+/// Appends dummy positions (zero features, or the group indicator at the
+/// grouping party) to the matched positions and sorts them: `zs[g]` from the
+/// grouping party's block `g`, `Σ zs` from the whole pool of any other list.
+/// Every unmasker then sees `m + Σ zs`; the grouping party's indicator sums
+/// become `m_g + z_g`. Without DP, does nothing (and expects no dummies).
 pub fn add_dummy_positions<R: CryptoRng + ?Sized>(
     analysis: &Analysis,
+    layout: &Layout,
+    list: usize,
     positions: &mut Vec<u64>,
     dummies: &[u64],
+    zs: &[u64],
     rng: &mut R,
 ) -> Result<(), ProtocolError> {
     let expected = analysis.dp_dummy_rows() as usize;
@@ -141,24 +224,26 @@ pub fn add_dummy_positions<R: CryptoRng + ?Sized>(
             dummies.len()
         )));
     }
-    let Some(dp) = &analysis.privacy.dp else {
+    if expected == 0 {
         return Ok(());
-    };
-    let shift = dp.dummy_shift() as i64;
-    let noise = crate::dp::Noise::laplace(dp.epsilon, 1)?;
-    let z = loop {
-        let z = shift + noise.sample(rng);
-        if (0..=2 * shift).contains(&z) {
-            break z as usize;
-        }
-    };
+    }
     let matched: std::collections::HashSet<u64> = positions.iter().copied().collect();
     if dummies.iter().any(|d| matched.contains(d)) {
         return Err(ProtocolError::Violation("a dummy row matched".into()));
     }
-    let mut pool = dummies.to_vec();
-    let (chosen, _) = rand::seq::SliceRandom::partial_shuffle(pool.as_mut_slice(), rng, z);
-    positions.extend_from_slice(chosen);
+    let block = expected / layout.groups();
+    let mut pick = |pool: &[u64], z: usize| {
+        let mut pool = pool.to_vec();
+        let (chosen, _) = rand::seq::SliceRandom::partial_shuffle(pool.as_mut_slice(), rng, z);
+        positions.extend_from_slice(chosen);
+    };
+    if layout.count_slot(0).is_some_and(|(p, _)| p == list) {
+        for (g, &z) in zs.iter().enumerate() {
+            pick(&dummies[g * block..(g + 1) * block], z as usize);
+        }
+    } else {
+        pick(dummies, zs.iter().sum::<u64>() as usize);
+    }
     positions.sort_unstable();
     Ok(())
 }
@@ -181,6 +266,7 @@ mod tests {
     #[test]
     fn dummy_positions_hide_the_count() {
         let a = analysis("epsilon = 0.5");
+        let layout = Layout::new(&a);
         let shift = a.privacy.dp.as_ref().unwrap().dummy_shift();
         assert_eq!(shift, 42); // ceil(ln(1e9) / 0.5)
         let dummies: Vec<u64> = (100..100 + 2 * shift).collect();
@@ -188,8 +274,10 @@ mod tests {
         let mut total = 0u64;
         for _ in 0..2000 {
             let mut pos = vec![1, 5, 7];
-            add_dummy_positions(&a, &mut pos, &dummies, &mut rng).unwrap();
+            let zs = draw_count_noise(&a, &mut rng).unwrap();
+            add_dummy_positions(&a, &layout, 0, &mut pos, &dummies, &zs, &mut rng).unwrap();
             let z = pos.len() as u64 - 3;
+            assert_eq!(z, zs[0]);
             assert!(z <= 2 * shift);
             assert!(pos.windows(2).all(|w| w[0] < w[1]), "sorted and distinct");
             assert!(pos[3..].iter().all(|p| dummies.contains(p)));
@@ -203,18 +291,29 @@ mod tests {
     fn dummy_lists_are_checked() {
         let mut rng = ChaCha20Rng::seed_from_u64(1);
         let a = analysis("epsilon = 1.0");
+        let layout = Layout::new(&a);
+        let zs = draw_count_noise(&a, &mut rng).unwrap();
         assert!(matches!(
-            add_dummy_positions(&a, &mut vec![1], &[2, 3], &mut rng),
+            add_dummy_positions(&a, &layout, 0, &mut vec![1], &[2, 3], &zs, &mut rng),
             Err(ProtocolError::Violation(_))
         ));
         let dummies: Vec<u64> = (0..a.dp_dummy_rows()).collect();
         assert!(matches!(
-            add_dummy_positions(&a, &mut vec![0], &dummies, &mut rng),
+            add_dummy_positions(&a, &layout, 0, &mut vec![0], &dummies, &zs, &mut rng),
             Err(ProtocolError::Violation(_))
         ));
         let plain = analysis("min_matched = 1");
         let mut pos = vec![4];
-        add_dummy_positions(&plain, &mut pos, &[], &mut rng).unwrap();
+        add_dummy_positions(
+            &plain,
+            &Layout::new(&plain),
+            0,
+            &mut pos,
+            &[],
+            &[],
+            &mut rng,
+        )
+        .unwrap();
         assert_eq!(pos, vec![4]);
     }
 }

@@ -4,6 +4,7 @@
 //! re-blinding other lists, summing masks for the predecessor's list, and, at
 //! the recipient, unmasking the release. Coordinator side: the blinding
 //! [`ring`] schedule, [`matching`], masked sums and DP noise ([`aggregate`]).
+//! [`group`] lays out grouped results (one masked vector per group).
 //! [`simulate`] runs all of it in memory; the gRPC node and coordinator call
 //! the very same functions, only moving the bytes over the network.
 //!
@@ -19,17 +20,24 @@ use crate::psi::PsiError;
 use crate::share::ShareError;
 
 pub mod aggregate;
+pub mod group;
 pub mod matching;
 pub mod node;
 pub mod ring;
 pub mod simulate;
 
 pub use aggregate::{
-    Delivery, ReleasePlan, add_dummy_positions, noisy_release, plan_release, sum_masked,
+    Delivery, ReleasePlan, add_dummy_positions, draw_count_noise, plan_release, sum_masked,
 };
+pub use group::Layout;
 pub use matching::{Matches, match_lists};
 pub use node::{MaskShare, NodeSession, PeerKeys, PreparedList};
-pub use simulate::{SimulationOutcome, simulate};
+pub use simulate::{Inbound, SimulationOutcome, Transcript, simulate};
+
+/// Most rows a list may have, padding and dummies included. Every size a
+/// peer declares is checked against it before anything is allocated or
+/// multiplied.
+pub const MAX_LIST_ROWS: u64 = 1 << 28;
 
 /// One row of a party's local query result: an encoded key and its features
 /// (in the order of [`Analysis::features`]).
@@ -39,6 +47,40 @@ pub struct Row {
     pub key: Vec<u8>,
     /// Non-negative integer features.
     pub features: Vec<u64>,
+    /// The row's group (index into the declared groups), for the grouping
+    /// party of a grouped analysis; `None` everywhere else.
+    pub group: Option<u32>,
+}
+
+impl Row {
+    /// An ungrouped row.
+    pub fn new(key: Vec<u8>, features: Vec<u64>) -> Self {
+        Row {
+            key,
+            features,
+            group: None,
+        }
+    }
+}
+
+/// What the coordinator asks of a list's unmasker (step 5).
+///
+/// The receiver learns the number of positions (the match count, noisy under
+/// DP) and the length of the list; positions index a list shuffled afresh
+/// for this session, and `pad` is uniform and independent of everything
+/// else, so neither says which keys matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskSumRequest {
+    /// Ring index of the list's owner.
+    pub owner: usize,
+    /// Rows of that list, padding and dummies included.
+    pub list_len: u64,
+    /// Matched positions (plus DP dummy positions), ascending.
+    pub positions: Vec<u64>,
+    /// The coordinator's one-time pad `r_i`, one word per masked slot: the
+    /// unmasker returns `M_i + r_i`, so the recipient never sees `M_i` or
+    /// `Y_i` alone (DESIGN step 5).
+    pub pad: Vec<u64>,
 }
 
 /// Protocol failures. Nothing is released after any of them.
@@ -85,13 +127,22 @@ pub enum ProtocolError {
         /// The column.
         column: String,
     },
-    /// Too few keys matched to release anything.
-    #[error("only {matched} keys matched (noisy under DP); the analysis requires at least {min}")]
-    TooFewMatches {
-        /// Matched (possibly noisy) count.
-        matched: i64,
-        /// Required minimum.
-        min: u64,
+    /// Too few keys matched to release anything. Carries no number: the
+    /// count is what `min_matched` exists to withhold.
+    #[error("too few keys matched to release anything (below the analysis's min_matched)")]
+    TooFewMatches,
+    /// A row of a grouped analysis lacks a valid group, or an ungrouped row
+    /// has one.
+    #[error("party {party:?}: row has no group of the analysis's declared groups")]
+    BadGroup {
+        /// The party.
+        party: String,
+    },
+    /// A list would exceed [`MAX_LIST_ROWS`].
+    #[error("party {party:?}: list exceeds {MAX_LIST_ROWS} rows (padding and groups included)")]
+    ListTooLong {
+        /// The party.
+        party: String,
     },
     /// A final list contains the same point twice.
     #[error("list of {0:?} contains a repeated point")]
@@ -112,7 +163,26 @@ pub struct Release {
     pub sid: String,
     /// Whether DP noise was added to every value.
     pub noisy: bool,
-    /// Released values, in the analysis's aggregate order.
+    /// `party.column` the results are grouped by, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_by: Option<String>,
+    /// One row per declared group, in declared order (a single row without
+    /// grouping).
+    pub rows: Vec<ReleaseRow>,
+}
+
+/// The released numbers of one group (or of the whole run).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRow {
+    /// The group's label; `None` without grouping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The group's (noisy) count fell below `min_matched`: nothing of it is
+    /// released.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suppressed: bool,
+    /// Released values, in the analysis's aggregate order (empty when
+    /// suppressed).
     pub values: Vec<ReleasedValue>,
 }
 
@@ -125,13 +195,28 @@ pub struct ReleasedValue {
     pub value: i64,
 }
 
-impl Release {
+impl ReleaseRow {
     /// The value of an aggregate by label.
     pub fn get(&self, aggregate: &str) -> Option<i64> {
         self.values
             .iter()
             .find(|v| v.aggregate == aggregate)
             .map(|v| v.value)
+    }
+}
+
+impl Release {
+    /// The value of an aggregate by label, in an ungrouped release.
+    pub fn get(&self, aggregate: &str) -> Option<i64> {
+        match self.rows.as_slice() {
+            [row] if row.group.is_none() => row.get(aggregate),
+            _ => None,
+        }
+    }
+
+    /// The row of a group by label.
+    pub fn group(&self, label: &str) -> Option<&ReleaseRow> {
+        self.rows.iter().find(|r| r.group.as_deref() == Some(label))
     }
 }
 

@@ -10,7 +10,10 @@ use std::collections::{BTreeMap, HashSet};
 use rand::CryptoRng;
 use rand::seq::SliceRandom;
 
-use super::{ProtocolError, Release, ReleasedValue, Row, party_index, ring};
+use super::{
+    Layout, MAX_LIST_ROWS, MaskSumRequest, ProtocolError, Release, ReleaseRow, ReleasedValue, Row,
+    party_index, ring,
+};
 use crate::analysis::{Aggregate, Analysis, AnalysisHash};
 use crate::keys::TAG_DUMMY;
 use crate::psi::{BlindingKey, HashToGroup, POINT_LEN, TRUNCATED_LEN};
@@ -28,12 +31,14 @@ pub struct PreparedList {
     pub points: Vec<u8>,
     /// `len * width` masked feature values.
     pub masked: Vec<u64>,
-    /// Features per row.
+    /// Masked values per row ([`Layout::row_width`]).
     pub width: usize,
     /// Rows, including padding.
     pub len: u64,
-    /// Positions (ascending) of the DP dummy rows the coordinator may add to
-    /// position lists to hide the match count (step 7); empty without DP.
+    /// Positions of the DP dummy rows the coordinator may add to position
+    /// lists to hide the match count (step 7); empty without DP. In blocks of
+    /// `2·shift`, one per group, each ascending; the grouping party's block
+    /// `g` holds the dummies that count towards group `g`.
     pub dummies: Vec<u64>,
 }
 
@@ -55,6 +60,7 @@ pub struct NodeSession {
     hash: AnalysisHash,
     sid: SessionId,
     me: usize,
+    layout: Layout,
     blinding: BlindingKey,
     hasher: HashToGroup,
     own_seed: MaskSeed,
@@ -131,6 +137,7 @@ impl NodeSession {
             hash,
             sid,
             me: me_idx,
+            layout: Layout::new(analysis),
             blinding: BlindingKey::random(rng),
             hasher: HashToGroup::new(&sid),
             own_seed,
@@ -158,9 +165,10 @@ impl NodeSession {
     }
 
     /// Step 2: checks the local rows (one per key, right width, sums that fit
-    /// in i64), clamps features to their DP bounds, pads with dummy rows
-    /// (random keys, zero features) for `pad_to_multiple` and under DP,
-    /// shuffles, blinds the keys and masks the features.
+    /// in i64), clamps features to their DP bounds, lays rows out by group
+    /// ([`Layout::expand`]), pads with dummy rows (random keys) for
+    /// `pad_to_multiple` and under DP, shuffles, blinds the keys and masks
+    /// the features.
     pub fn prepare<R: CryptoRng + ?Sized>(
         &self,
         mut rows: Vec<Row>,
@@ -198,6 +206,12 @@ impl NodeSession {
             });
         }
         drop(seen);
+        let too_long = || ProtocolError::ListTooLong { party: me.clone() };
+        if (rows.len() as u64).saturating_mul(self.layout.groups() as u64) > MAX_LIST_ROWS {
+            return Err(too_long());
+        }
+        let rows = self.layout.expand(self.me, rows)?;
+        let width = self.layout.row_width(self.me);
         // Padding dummies hide the list size up to the bucket; DP dummies
         // (step 7) let the coordinator hide the match count from unmaskers.
         let real = rows.len() as u64;
@@ -205,11 +219,16 @@ impl NodeSession {
             Some(m) => real.div_ceil(m).max(1) * m,
             None => real,
         };
-        let total = padded + self.analysis.dp_dummy_rows();
+        let dp_rows = self.analysis.dp_dummy_rows();
+        let block = dp_rows / self.layout.groups() as u64;
+        let total = padded + dp_rows;
+        if total > MAX_LIST_ROWS {
+            return Err(too_long());
+        }
         let mut order: Vec<u64> = (0..total).collect();
         order.shuffle(rng);
         let mut slots: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
-        let mut dummies = Vec::new();
+        let mut blocks = vec![Vec::new(); self.layout.groups()];
         let rows: Vec<Row> = order
             .iter()
             .enumerate()
@@ -217,15 +236,17 @@ impl NodeSession {
                 if src < real {
                     return slots[src as usize].take().expect("each row is placed once");
                 }
-                if src >= padded {
-                    dummies.push(pos as u64);
+                let group = (src >= padded).then(|| ((src - padded) / block) as usize);
+                if let Some(g) = group {
+                    blocks[g].push(pos as u64);
                 }
                 let mut key = vec![0u8; 33];
                 key[0] = TAG_DUMMY;
                 rng.fill_bytes(&mut key[1..]);
                 Row {
                     key,
-                    features: vec![0; width],
+                    features: self.layout.dummy_row(self.me, group),
+                    group: None,
                 }
             })
             .collect();
@@ -241,7 +262,7 @@ impl NodeSession {
             masked,
             width,
             len: rows.len() as u64,
-            dummies,
+            dummies: blocks.concat(),
         })
     }
 
@@ -264,18 +285,15 @@ impl NodeSession {
     }
 
     /// Step 5: sums the masks of the matched positions of the predecessor's
-    /// list (of `list_len` rows) and seals the sum for the recipient (or keeps
-    /// it, when this node is the recipient). Without DP, refuses position
-    /// lists shorter than `min_matched`. Answers once per session: a second
-    /// position set would let the recipient learn sums over subsets.
-    pub fn mask_sum(
-        &mut self,
-        owner: usize,
-        positions: &[u64],
-        list_len: u64,
-    ) -> Result<MaskShare, ProtocolError> {
+    /// list, adds the coordinator's one-time pad and seals `M_i + r_i` for
+    /// the recipient (or keeps it, when this node is the recipient). Without
+    /// DP, refuses position lists shorter than `min_matched`. Answers once
+    /// per session: a second position set would let the recipient learn sums
+    /// over subsets.
+    pub fn mask_sum(&mut self, req: &MaskSumRequest) -> Result<MaskShare, ProtocolError> {
         let n = self.analysis.parties.len();
-        if owner != ring::unmasked_list(self.me, n) {
+        let owner = req.owner;
+        if owner >= n || owner != ring::unmasked_list(self.me, n) {
             return Err(ProtocolError::Violation(format!(
                 "party {} does not hold the mask seed of list {owner}",
                 self.name(self.me)
@@ -287,21 +305,31 @@ impl NodeSession {
             ));
         }
         let owner_name = self.name(owner).to_string();
-        let width = self.analysis.features(&owner_name).len();
+        let width = self.layout.row_width(owner);
         if width == 0 {
             return Err(ProtocolError::Violation(format!(
                 "list of {owner_name} has no features to unmask"
             )));
         }
-        if self.analysis.privacy.dp.is_none()
-            && (positions.len() as u64) < self.analysis.privacy.min_matched
-        {
-            return Err(ProtocolError::TooFewMatches {
-                matched: positions.len() as i64,
-                min: self.analysis.privacy.min_matched,
-            });
+        if req.pad.len() != width {
+            return Err(ProtocolError::Violation(format!(
+                "pad has {} words, list of {owner_name} has {width} masked slots",
+                req.pad.len()
+            )));
         }
-        let sum = self.pred_seed.mask_sum(positions, width, list_len)?;
+        if req.list_len > MAX_LIST_ROWS || req.positions.len() as u64 > req.list_len {
+            return Err(ProtocolError::Violation(
+                "position list or list length out of bounds".into(),
+            ));
+        }
+        let min = self.analysis.privacy.min_matched;
+        if self.analysis.privacy.dp.is_none() && (req.positions.len() as u64) < min {
+            return Err(ProtocolError::TooFewMatches);
+        }
+        let mut sum = self
+            .pred_seed
+            .mask_sum(&req.positions, width, req.list_len)?;
+        share::add_assign(&mut sum, &req.pad);
         self.mask_sum_done = true;
         match &self.seal {
             Some(key) => Ok(MaskShare::Sealed(
@@ -314,9 +342,10 @@ impl NodeSession {
         }
     }
 
-    /// Step 6, at the recipient: opens the sealed mask sums, unmasks the
-    /// coordinator's sums and assembles the release in aggregate order.
-    /// Succeeds at most once per session.
+    /// Step 6, at the recipient: opens the sealed (padded) mask sums,
+    /// unmasks the coordinator's (padded) sums, and assembles the release in
+    /// aggregate order, one row per group; a group whose (noisy) count is
+    /// below `min_matched` is suppressed. Succeeds at most once per session.
     pub fn unmask_release(&mut self, delivery: &Delivery) -> Result<Release, ProtocolError> {
         let n = self.analysis.parties.len();
         if self.delivered {
@@ -335,17 +364,20 @@ impl NodeSession {
                 "delivery does not cover every list".into(),
             ));
         }
+        if delivery.count.is_some() == self.layout.is_grouped() {
+            return Err(ProtocolError::Violation(
+                "a delivery carries a count exactly when the results are not grouped".into(),
+            ));
+        }
         let min = self.analysis.privacy.min_matched;
-        if delivery.count < min as i64 {
-            return Err(ProtocolError::TooFewMatches {
-                matched: delivery.count,
-                min,
-            });
+        let below = |count: i64| min > 0 && count < min as i64;
+        if delivery.count.is_some_and(below) {
+            return Err(ProtocolError::TooFewMatches);
         }
         let mut plain = Vec::with_capacity(n);
         for owner in 0..n {
             let owner_name = self.name(owner);
-            let width = self.analysis.features(owner_name).len();
+            let width = self.layout.row_width(owner);
             if delivery.sums[owner].len() != width {
                 return Err(ProtocolError::Violation(format!(
                     "sum of list {owner_name} has the wrong width"
@@ -370,36 +402,74 @@ impl NodeSession {
             };
             plain.push(share::unmask(&delivery.sums[owner], &mask)?);
         }
-        let values = self
+        // Under DP a group's count carries `shift` dummies on average (step
+        // 7); the release subtracts the public shift.
+        let shift = self
             .analysis
-            .aggregates
-            .iter()
-            .map(|a| {
-                let value = match a {
-                    Aggregate::Count => delivery.count,
-                    Aggregate::Sum { party, column } => {
-                        let (p, f) = self
-                            .analysis
-                            .sum_slot(party, column)
-                            .ok_or_else(|| ProtocolError::UnknownParty(party.clone()))?;
-                        // Column totals are < 2^63 and noise is small, so the
-                        // two's complement reading is exact.
-                        plain[p][f] as i64
-                    }
-                };
-                Ok(ReleasedValue {
-                    aggregate: a.to_string(),
-                    value,
+            .privacy
+            .dp
+            .as_ref()
+            .map_or(0, |d| d.dummy_shift() as i64);
+        let labels: Vec<Option<String>> = match &self.analysis.grouping {
+            Some(g) => g.groups.iter().cloned().map(Some).collect(),
+            None => vec![None],
+        };
+        let mut rows = Vec::with_capacity(labels.len());
+        for (g, label) in labels.into_iter().enumerate() {
+            // Values are < 2^63 (column totals) plus small noise, so the
+            // two's complement reading of the ring element is exact.
+            let count = match (delivery.count, self.layout.count_slot(g)) {
+                (Some(c), _) => c,
+                (None, Some((p, slot))) => plain[p][slot] as i64 - shift,
+                (None, None) => unreachable!("checked: grouped results have count slots"),
+            };
+            if below(count) {
+                rows.push(ReleaseRow {
+                    group: label,
+                    suppressed: true,
+                    values: Vec::new(),
+                });
+                continue;
+            }
+            let values = self
+                .analysis
+                .aggregates
+                .iter()
+                .map(|a| {
+                    let value = match a {
+                        Aggregate::Count => count,
+                        Aggregate::Sum { party, column } => {
+                            let (p, f) = self
+                                .analysis
+                                .sum_slot(party, column)
+                                .ok_or_else(|| ProtocolError::UnknownParty(party.clone()))?;
+                            plain[p][self.layout.feature_slot(p, f, g)] as i64
+                        }
+                    };
+                    Ok(ReleasedValue {
+                        aggregate: a.to_string(),
+                        value,
+                    })
                 })
-            })
-            .collect::<Result<_, ProtocolError>>()?;
+                .collect::<Result<_, ProtocolError>>()?;
+            rows.push(ReleaseRow {
+                group: label,
+                suppressed: false,
+                values,
+            });
+        }
         self.delivered = true;
         Ok(Release {
             analysis: self.analysis.name.clone(),
             analysis_hash: self.hash.to_hex(),
             sid: self.sid.to_hex(),
             noisy: self.analysis.privacy.dp.is_some(),
-            values,
+            group_by: self
+                .analysis
+                .grouping
+                .as_ref()
+                .map(|g| format!("{}.{}", g.party, g.column)),
+            rows,
         })
     }
 }

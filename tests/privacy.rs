@@ -1,0 +1,361 @@
+//! Privacy properties of the protocol, pinned on the in-memory run's
+//! transcript (everything each party receives): what a party receives must
+//! not depend on what it must not learn.
+
+use std::collections::BTreeMap;
+
+use cleanroom::Analysis;
+use cleanroom::keys::{KeyPart, encode_key};
+use cleanroom::protocol::{Inbound, ProtocolError, Row, simulate};
+use cleanroom::session::os_rng;
+
+fn key(s: &str) -> Vec<u8> {
+    encode_key(&[KeyPart::Str(s)])
+}
+
+fn two_party(recipient: &str, privacy: &str) -> Analysis {
+    Analysis::parse(&format!(
+        "name = \"p\"\nrecipient = \"{recipient}\"\n[parties.bank-a]\nsql = \"s\"\n[parties.bank-b]\nsql = \"s\"\n\
+         [output]\naggregates = [\"count\", \"sum(bank-a.g)\", \"sum(bank-b.f)\"]\n[privacy]\nmin_matched = 0\n{privacy}\n"
+    ))
+    .unwrap()
+}
+
+/// Every subset of `size` rows of a masked list whose sum equals `target`
+/// (the recipient's subset-sum attack on what it receives for its own list).
+fn subset_sums(masked: &[u64], width: usize, size: usize, target: &[u64]) -> Vec<Vec<usize>> {
+    let n = masked.len() / width;
+    let mut hits = Vec::new();
+    let mut pick = Vec::new();
+    fn go(start: usize, n: usize, size: usize, pick: &mut Vec<usize>, f: &mut dyn FnMut(&[usize])) {
+        if pick.len() == size {
+            f(pick);
+            return;
+        }
+        for i in start..n {
+            pick.push(i);
+            go(i + 1, n, size, pick, f);
+            pick.pop();
+        }
+    }
+    go(0, n, size, &mut pick, &mut |s| {
+        let mut sum = vec![0u64; width];
+        for &j in s {
+            for (a, b) in sum.iter_mut().zip(&masked[j * width..(j + 1) * width]) {
+                *a = a.wrapping_add(*b);
+            }
+        }
+        if sum == target {
+            hits.push(s.to_vec());
+        }
+    });
+    hits
+}
+
+/// The recipient knows its own masked rows (it made them) and its own
+/// shuffle. Before the fix it received `Y_R`, the masked sum over exactly the
+/// matched rows of its own list, and could find them by subset sum. With the
+/// coordinator's pad it receives `Y_R + r_R`: uniform, so no subset of its
+/// rows explains it, whichever rows matched.
+#[test]
+fn recipient_cannot_tell_which_of_its_rows_matched() {
+    let a = two_party("bank-b", "");
+    // Bank B's rows: b0/b1 and b2/b3 have equal features, so the two runs
+    // below release the same count and sums.
+    let fb = [10u64, 10, 20, 20, 31, 47, 53, 71];
+    let b_rows: Vec<Row> = fb
+        .iter()
+        .enumerate()
+        .map(|(i, &f)| Row::new(key(&format!("b{i}")), vec![f]))
+        .collect();
+    for matched in [["b0", "b2"], ["b1", "b3"]] {
+        let a_rows: Vec<Row> = matched
+            .iter()
+            .chain(&["only-a"])
+            .map(|k| Row::new(key(k), vec![5]))
+            .collect();
+        let inputs = BTreeMap::from([
+            ("bank-a".to_string(), a_rows),
+            ("bank-b".to_string(), b_rows.clone()),
+        ]);
+        let out = simulate(&a, &inputs, &mut os_rng()).unwrap();
+        assert_eq!(out.release.get("count"), Some(2));
+        assert_eq!(out.release.get("sum(bank-b.f)"), Some(30));
+        let own = &out.transcript.lists[1];
+        let Some(Inbound::Deliver(d)) = out.transcript.received[1].last() else {
+            panic!("the recipient receives a delivery last");
+        };
+        // What the recipient receives for its own list is no subset sum of
+        // its own masked rows (on the unpadded protocol it was exactly one:
+        // the matched rows).
+        assert_eq!(
+            subset_sums(&own.masked, own.width, 2, &d.sums[1]),
+            Vec::<Vec<usize>>::new(),
+            "the recipient can locate its matched rows"
+        );
+        // Nor is the unmasker's request for that list (whose pad travels
+        // with it) anything the recipient sees: the pad goes to bank-a only.
+        assert!(
+            out.transcript.received[1]
+                .iter()
+                .all(|m| !matches!(m, Inbound::MaskSum(r) if r.owner == 1))
+        );
+    }
+}
+
+/// Under DP the count is drawn once: every unmasker sees `m + z`, and the
+/// released count is that same `m + z` less the public shift, so the count
+/// spends its epsilon once (three parties: three unmaskers).
+#[test]
+fn dp_count_is_one_draw_seen_by_every_unmasker() {
+    let text = "name = \"p\"\nrecipient = \"bank-c\"\n[parties.bank-a]\nsql = \"s\"\n[parties.bank-b]\nsql = \"s\"\n\
+                [parties.bank-c]\nsql = \"s\"\n[output]\naggregates = [\"count\", \"sum(bank-a.g)\", \"sum(bank-b.g)\", \"sum(bank-c.g)\"]\n\
+                [privacy]\nmin_matched = 0\nepsilon = 0.7\n[privacy.bounds]\n\"bank-a.g\" = 9\n\"bank-b.g\" = 9\n\"bank-c.g\" = 9\n";
+    let a = Analysis::parse(text).unwrap();
+    let shift = a.privacy.dp.as_ref().unwrap().dummy_shift() as i64;
+    let rows = |r: std::ops::Range<u32>| -> Vec<Row> {
+        r.map(|i| Row::new(key(&format!("k{i}")), vec![1]))
+            .collect()
+    };
+    let inputs = BTreeMap::from([
+        ("bank-a".to_string(), rows(0..40)),
+        ("bank-b".to_string(), rows(10..50)),
+        ("bank-c".to_string(), rows(20..60)),
+    ]);
+    for _ in 0..10 {
+        let out = simulate(&a, &inputs, &mut os_rng()).unwrap();
+        let seen: Vec<i64> = out
+            .transcript
+            .received
+            .iter()
+            .flatten()
+            .filter_map(|m| match m {
+                Inbound::MaskSum(r) => Some(r.positions.len() as i64),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seen.len(), 3);
+        let released = out.release.get("count").unwrap();
+        for s in seen {
+            assert_eq!(s - shift, released, "an unmasker saw another draw");
+        }
+        assert_eq!(out.matched, 20);
+    }
+}
+
+/// A negative noisy count is a valid DP release when `min_matched = 0`.
+#[test]
+fn negative_noisy_count_is_released_with_min_matched_zero() {
+    let a = two_party(
+        "bank-b",
+        "epsilon = 0.05\n[privacy.bounds]\n\"bank-a.g\" = 1\n\"bank-b.f\" = 1",
+    );
+    let inputs = BTreeMap::from([
+        ("bank-a".to_string(), vec![Row::new(key("x"), vec![1])]),
+        ("bank-b".to_string(), vec![Row::new(key("y"), vec![1])]),
+    ]);
+    let mut negative = 0;
+    for _ in 0..40 {
+        let out = simulate(&a, &inputs, &mut os_rng()).expect("never aborts");
+        negative += usize::from(out.release.get("count").unwrap() < 0);
+    }
+    assert!(
+        negative > 0,
+        "with m = 0 about half the noisy counts are negative"
+    );
+}
+
+/// The shift that sizes the dummy rows follows the epsilon the sampler
+/// really uses (rounded down to 1e-6), and meets its delta.
+#[test]
+fn dummy_shift_uses_the_rounded_epsilon() {
+    let a = two_party(
+        "bank-b",
+        "epsilon = 0.2000009\n[privacy.bounds]\n\"bank-a.g\" = 1\n\"bank-b.f\" = 1",
+    );
+    let dp = a.privacy.dp.as_ref().unwrap();
+    assert_eq!(dp.epsilon_micro(), 200_000);
+    let s = dp.dummy_shift();
+    assert!((-(0.2 * s as f64)).exp() <= 1e-9);
+    assert!((-(0.2 * (s - 1) as f64)).exp() > 1e-9);
+    assert_eq!(s, 104); // ceil(ln(1e9) / 0.2) = ceil(103.6)
+}
+
+#[test]
+fn oversized_padding_is_refused() {
+    let text = |m: u64| {
+        format!(
+            "name = \"p\"\nrecipient = \"bank-b\"\n[parties.bank-a]\nsql = \"s\"\n[parties.bank-b]\nsql = \"s\"\n\
+             [output]\naggregates = [\"count\"]\n[privacy]\npad_to_multiple = {m}\n"
+        )
+    };
+    assert!(Analysis::parse(&text(1 << 20)).is_ok());
+    assert_eq!(
+        Analysis::parse(&text((1 << 20) + 1)).unwrap_err(),
+        cleanroom::AnalysisError::BadPadding
+    );
+}
+
+// ------------------------------------------------------------ grouped results
+
+fn grouped(privacy: &str, n: usize) -> Analysis {
+    let mut t = "name = \"g\"\nrecipient = \"bank-a\"\n".to_string();
+    let mut aggs = vec!["\"count\"".to_string()];
+    for i in 0..n {
+        let p = format!("bank-{}", (b'a' + i as u8) as char);
+        t += &format!("[parties.{p}]\nsql = \"s\"\n");
+        aggs.push(format!("\"sum({p}.v)\""));
+    }
+    t += &format!(
+        "[output]\naggregates = [{}]\ngroup_by = \"bank-b.band\"\ngroups = [\"lo\", \"mid\", \"hi\"]\n[privacy]\n{privacy}\n",
+        aggs.join(", ")
+    );
+    Analysis::parse(&t).unwrap()
+}
+
+/// Keys `k0..k59`: bank-b puts key i in group i % 3, every party's feature v
+/// is a function of the key.
+fn grouped_inputs(n: usize, ranges: &[std::ops::Range<u32>]) -> BTreeMap<String, Vec<Row>> {
+    (0..n)
+        .map(|i| {
+            let p = format!("bank-{}", (b'a' + i as u8) as char);
+            let rows = ranges[i]
+                .clone()
+                .map(|k| Row {
+                    key: key(&format!("k{k}")),
+                    features: vec![(k as u64 + 1) * (i as u64 + 1)],
+                    group: (i == 1).then_some(k % 3),
+                })
+                .collect();
+            (p, rows)
+        })
+        .collect()
+}
+
+fn plaintext_groups(n: usize, ranges: &[std::ops::Range<u32>]) -> BTreeMap<(String, String), i64> {
+    let labels = ["lo", "mid", "hi"];
+    let mut out = BTreeMap::new();
+    for l in labels {
+        out.insert((l.to_string(), "count".to_string()), 0);
+        for i in 0..n {
+            let p = format!("bank-{}", (b'a' + i as u8) as char);
+            out.insert((l.to_string(), format!("sum({p}.v)")), 0);
+        }
+    }
+    for k in 0..100u32 {
+        if !ranges.iter().all(|r| r.contains(&k)) {
+            continue;
+        }
+        let l = labels[(k % 3) as usize].to_string();
+        *out.get_mut(&(l.clone(), "count".to_string())).unwrap() += 1;
+        for i in 0..n {
+            let p = format!("bank-{}", (b'a' + i as u8) as char);
+            *out.get_mut(&(l.clone(), format!("sum({p}.v)"))).unwrap() +=
+                ((k as u64 + 1) * (i as u64 + 1)) as i64;
+        }
+    }
+    out
+}
+
+fn released_groups(out: &cleanroom::protocol::Release) -> BTreeMap<(String, String), i64> {
+    out.rows
+        .iter()
+        .flat_map(|r| {
+            r.values.iter().map(move |v| {
+                (
+                    (r.group.clone().unwrap_or_default(), v.aggregate.clone()),
+                    v.value,
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn grouped_results_equal_plaintext_group_by() {
+    for n in [2, 3] {
+        let ranges = [0..40, 10..60, 5..50];
+        let a = grouped("min_matched = 0", n);
+        let out = simulate(&a, &grouped_inputs(n, &ranges), &mut os_rng()).unwrap();
+        assert_eq!(out.release.group_by.as_deref(), Some("bank-b.band"));
+        assert_eq!(out.release.rows.len(), 3);
+        assert_eq!(
+            released_groups(&out.release),
+            plaintext_groups(n, &ranges[..n])
+        );
+        // The coordinator sees one match per key, not one per group copy.
+        let want: u64 = plaintext_groups(n, &ranges[..n])
+            .iter()
+            .filter(|((_, a), _)| a == "count")
+            .map(|(_, v)| *v as u64)
+            .sum();
+        assert_eq!(out.matched, want);
+    }
+}
+
+#[test]
+fn small_groups_are_suppressed_and_the_others_released() {
+    // Keys 0..8 matched: groups lo {0,3,6}, mid {1,4,7}, hi {2,5}.
+    let ranges = [0..8, 0..8];
+    let a = grouped("min_matched = 3", 2);
+    let out = simulate(&a, &grouped_inputs(2, &ranges), &mut os_rng()).unwrap();
+    let hi = out.release.group("hi").unwrap();
+    assert!(hi.suppressed && hi.values.is_empty());
+    let lo = out.release.group("lo").unwrap();
+    assert!(!lo.suppressed);
+    assert_eq!(lo.get("count"), Some(3));
+    assert_eq!(lo.get("sum(bank-b.v)"), Some((1 + 4 + 7) * 2));
+    // Below the threshold in total: nothing at all.
+    let a = grouped("min_matched = 9", 2);
+    assert!(matches!(
+        simulate(&a, &grouped_inputs(2, &ranges), &mut os_rng()),
+        Err(ProtocolError::TooFewMatches)
+    ));
+}
+
+#[test]
+fn grouped_dp_counts_hide_in_one_draw_per_group() {
+    // A huge epsilon: noise is zero with overwhelming probability, so the
+    // values are exact through the per-group dummies.
+    let ranges = [0..40, 10..60];
+    let a = grouped(
+        "min_matched = 0\nepsilon = 1000000.0\n[privacy.bounds]\n\"bank-a.v\" = 1000\n\"bank-b.v\" = 1000",
+        2,
+    );
+    let dp = a.privacy.dp.as_ref().unwrap();
+    let shift = dp.dummy_shift() as i64;
+    let out = simulate(&a, &grouped_inputs(2, &ranges), &mut os_rng()).unwrap();
+    assert_eq!(released_groups(&out.release), plaintext_groups(2, &ranges));
+    // Every unmasker saw the total noisy count: the sum of the released
+    // group counts plus the public shifts (post-processing of the release).
+    let counts: i64 = out
+        .release
+        .rows
+        .iter()
+        .map(|r| r.get("count").unwrap())
+        .sum();
+    for m in out.transcript.received.iter().flatten() {
+        if let Inbound::MaskSum(r) = m {
+            assert_eq!(r.positions.len() as i64, counts + 3 * shift);
+        }
+    }
+    // A real epsilon: per-group counts are noisy but sum to what the
+    // unmaskers saw, less the shifts.
+    let a = grouped(
+        "min_matched = 0\nepsilon = 0.5\n[privacy.bounds]\n\"bank-a.v\" = 1000\n\"bank-b.v\" = 1000",
+        2,
+    );
+    let shift = a.privacy.dp.as_ref().unwrap().dummy_shift() as i64;
+    let out = simulate(&a, &grouped_inputs(2, &ranges), &mut os_rng()).unwrap();
+    let counts: i64 = out
+        .release
+        .rows
+        .iter()
+        .map(|r| r.get("count").unwrap())
+        .sum();
+    for m in out.transcript.received.iter().flatten() {
+        if let Inbound::MaskSum(r) = m {
+            assert_eq!(r.positions.len() as i64, counts + 3 * shift);
+        }
+    }
+}
