@@ -313,6 +313,23 @@ fn small_groups_are_suppressed_and_the_others_released() {
     ));
 }
 
+/// Every unmasker saw the total noisy count: the sum of the released group
+/// counts plus the public shifts (a post-processing of the release).
+fn assert_unmaskers_see_released_counts(out: &cleanroom::protocol::SimulationOutcome, shift: i64) {
+    let counts: i64 = out
+        .release
+        .rows
+        .iter()
+        .map(|r| r.get("count").unwrap())
+        .sum();
+    let groups = out.release.rows.len() as i64;
+    for m in out.transcript.received.iter().flatten() {
+        if let Inbound::MaskSum(r) = m {
+            assert_eq!(r.positions.len() as i64, counts + groups * shift);
+        }
+    }
+}
+
 #[test]
 fn grouped_dp_counts_hide_in_one_draw_per_group() {
     // A huge epsilon: noise is zero with overwhelming probability, so the
@@ -326,19 +343,7 @@ fn grouped_dp_counts_hide_in_one_draw_per_group() {
     let shift = dp.dummy_shift() as i64;
     let out = simulate(&a, &grouped_inputs(2, &ranges), &mut os_rng()).unwrap();
     assert_eq!(released_groups(&out.release), plaintext_groups(2, &ranges));
-    // Every unmasker saw the total noisy count: the sum of the released
-    // group counts plus the public shifts (post-processing of the release).
-    let counts: i64 = out
-        .release
-        .rows
-        .iter()
-        .map(|r| r.get("count").unwrap())
-        .sum();
-    for m in out.transcript.received.iter().flatten() {
-        if let Inbound::MaskSum(r) = m {
-            assert_eq!(r.positions.len() as i64, counts + 3 * shift);
-        }
-    }
+    assert_unmaskers_see_released_counts(&out, shift);
     // A real epsilon: per-group counts are noisy but sum to what the
     // unmaskers saw, less the shifts.
     let a = grouped(
@@ -347,15 +352,5 @@ fn grouped_dp_counts_hide_in_one_draw_per_group() {
     );
     let shift = a.privacy.dp.as_ref().unwrap().dummy_shift() as i64;
     let out = simulate(&a, &grouped_inputs(2, &ranges), &mut os_rng()).unwrap();
-    let counts: i64 = out
-        .release
-        .rows
-        .iter()
-        .map(|r| r.get("count").unwrap())
-        .sum();
-    for m in out.transcript.received.iter().flatten() {
-        if let Inbound::MaskSum(r) = m {
-            assert_eq!(r.positions.len() as i64, counts + 3 * shift);
-        }
-    }
+    assert_unmaskers_see_released_counts(&out, shift);
 }

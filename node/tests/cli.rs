@@ -1,5 +1,6 @@
-//! Pins the `cleanroom-node` command line: the README's by-hand flow with
-//! real `serve` processes on loopback, and its error behaviour.
+//! Pins the `cleanroom-node` command line with real `serve` processes on
+//! loopback: a run step by step, governance commands, crash consistency,
+//! migration, and error behaviour.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -77,21 +78,16 @@ fn config(name: &str, peer: &str, tables: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readme_flow_by_hand() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+/// Writes `a.toml` and `b.toml`: bank-a and bank-b over the example data.
+fn write_configs(dir: &Path) {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    std::fs::write(dir.join("mule.toml"), ANALYSIS).unwrap();
+    let data = |f: &str| examples.join("data").join(f).display().to_string();
     std::fs::write(
         dir.join("a.toml"),
         config(
             "bank-a",
             "bank-b",
-            &format!(
-                "transfers = \"{}\"",
-                examples.join("data/bank-a/transfers.csv").display()
-            ),
+            &format!("transfers = \"{}\"", data("bank-a/transfers.csv")),
         ),
     )
     .unwrap();
@@ -102,12 +98,22 @@ async fn readme_flow_by_hand() {
             "bank-a",
             &format!(
                 "deposits = \"{}\"\nwithdrawals = \"{}\"",
-                examples.join("data/bank-b/deposits.csv").display(),
-                examples.join("data/bank-b/withdrawals.csv").display()
+                data("bank-b/deposits.csv"),
+                data("bank-b/withdrawals.csv")
             ),
         ),
     )
     .unwrap();
+}
+
+/// Every step of a run by hand, with the output of each command checked
+/// (the README's walk-through itself is run by coordinator/tests/readme.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_flow_step_by_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("mule.toml"), ANALYSIS).unwrap();
+    write_configs(dir);
 
     assert!(
         ok(node(
@@ -240,30 +246,7 @@ fn errors_are_clear() {
 /// example data in `dir`, and `analysis` written as `analysis.toml` and
 /// approved at both.
 fn two_banks(dir: &Path, analysis: &str) {
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let data = |f: &str| examples.join("data").join(f).display().to_string();
-    std::fs::write(
-        dir.join("a.toml"),
-        config(
-            "bank-a",
-            "bank-b",
-            &format!("transfers = \"{}\"", data("bank-a/transfers.csv")),
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("b.toml"),
-        config(
-            "bank-b",
-            "bank-a",
-            &format!(
-                "deposits = \"{}\"\nwithdrawals = \"{}\"",
-                data("bank-b/deposits.csv"),
-                data("bank-b/withdrawals.csv")
-            ),
-        ),
-    )
-    .unwrap();
+    write_configs(dir);
     ok(node(
         dir,
         &[
