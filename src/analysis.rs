@@ -438,9 +438,11 @@ fn parse_grouping(
         .split_once('.')
         .filter(|(p, c)| parties.iter().any(|x| x.name == *p) && is_column_name(c))
         .ok_or_else(|| AnalysisError::BadGroupBy(group_by.clone()))?;
-    if groups.is_empty() {
+    // One group would be the whole intersection: its count is the match
+    // count, which the coordinator knows.
+    if groups.len() < 2 {
         return Err(AnalysisError::BadGroups(
-            "declare at least one group".into(),
+            "declare at least two groups".into(),
         ));
     }
     if groups.len() > MAX_GROUPS {

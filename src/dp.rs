@@ -129,8 +129,10 @@ impl Noise {
 }
 
 /// Epsilon as the samplers use it: rounded down to a multiple of
-/// `1 / EPSILON_DENOMINATOR`, in those units (so never more privacy loss than
-/// asked). Rejects non-finite values, values below 1e-6 and above 1e6.
+/// `1 / EPSILON_DENOMINATOR`, in those units, so never more privacy loss than
+/// asked — except that a value within 1e-12 below a multiple (float
+/// representation error, as in `0.1 + 0.2`) counts as that multiple.
+/// Rejects non-finite values, values below 1e-6 and above 1e6.
 pub fn epsilon_micro(epsilon: f64) -> Result<u64, DpError> {
     if !epsilon.is_finite() || epsilon < 1.0 / EPSILON_DENOMINATOR as f64 || epsilon > 1e6 {
         return Err(DpError::BadEpsilon(epsilon));

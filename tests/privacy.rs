@@ -354,3 +354,38 @@ fn grouped_dp_counts_hide_in_one_draw_per_group() {
     let out = simulate(&a, &grouped_inputs(2, &ranges), &mut os_rng()).unwrap();
     assert_unmaskers_see_released_counts(&out, shift);
 }
+
+/// The recipient receives the count only when the analysis releases it.
+#[test]
+fn the_count_goes_to_the_recipient_only_when_released() {
+    let a = Analysis::parse(
+        "name = \"p\"\nrecipient = \"bank-b\"\n[parties.bank-a]\nsql = \"s\"\n[parties.bank-b]\nsql = \"s\"\n\
+         [output]\naggregates = [\"sum(bank-a.g)\"]\n[privacy]\nmin_matched = 1\n",
+    )
+    .unwrap();
+    let rows = |r: std::ops::Range<u32>, f: Vec<u64>| -> Vec<Row> {
+        r.map(|i| Row::new(key(&format!("k{i}")), f.clone()))
+            .collect()
+    };
+    let inputs = BTreeMap::from([
+        ("bank-a".to_string(), rows(0..10, vec![2])),
+        ("bank-b".to_string(), rows(5..15, vec![])),
+    ]);
+    let out = simulate(&a, &inputs, &mut os_rng()).unwrap();
+    assert_eq!(out.release.get("sum(bank-a.g)"), Some(10));
+    assert_eq!(out.release.get("count"), None);
+    let Some(Inbound::Deliver(d)) = out.transcript.received[1].last() else {
+        panic!("the recipient receives a delivery last");
+    };
+    assert_eq!(d.count, None);
+}
+
+#[test]
+fn a_single_group_is_refused() {
+    let e = Analysis::parse(
+        "name = \"g\"\nrecipient = \"bank-a\"\n[parties.bank-a]\nsql = \"s\"\n[parties.bank-b]\nsql = \"s\"\n\
+         [output]\naggregates = [\"count\"]\ngroup_by = \"bank-b.band\"\ngroups = [\"all\"]\n",
+    )
+    .unwrap_err();
+    assert!(matches!(e, cleanroom::AnalysisError::BadGroups(_)), "{e}");
+}

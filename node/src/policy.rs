@@ -9,6 +9,7 @@
 //! delta_budget = 1e-6           # total delta over all runs (default: no cap)
 //! min_matched_floor = 20        # refuse analyses with a lower min_matched (default 0)
 //! require_dp = true             # refuse analyses without epsilon (default false)
+//! max_epsilon = 1.0             # refuse analyses with a larger epsilon per number
 //! catalog_tables = ["transfers"] # tables the catalog shows (default: all)
 //! ```
 
@@ -31,6 +32,10 @@ pub struct Policy {
     /// Whether every analysis must be differentially private.
     #[serde(default)]
     pub require_dp: bool,
+    /// Largest epsilon per released number an analysis may set (without
+    /// it, `require_dp` is met by an epsilon so large that the noise is
+    /// nil).
+    pub max_epsilon: Option<f64>,
     /// Tables the catalog shows to this identity (all when absent).
     pub catalog_tables: Option<Vec<String>>,
 }
@@ -62,6 +67,16 @@ pub enum Refusal {
     /// The policy requires DP and the analysis has no epsilon.
     #[error("this node's policy for coordinator {0:?} requires differential privacy (set epsilon)")]
     DpRequired(String),
+    /// The analysis's epsilon is above the policy's maximum.
+    #[error(
+        "analysis sets epsilon = {got}; this node's policy allows at most {max} per released number"
+    )]
+    EpsilonTooLarge {
+        /// The analysis's epsilon.
+        got: f64,
+        /// The policy's maximum.
+        max: f64,
+    },
     /// `min_matched` is below the policy's floor.
     #[error("analysis sets min_matched = {got}; this node's policy requires at least {floor}")]
     BelowFloor {
@@ -93,6 +108,14 @@ impl Policy {
     pub fn admit(&self, coordinator: &str, analysis: &Analysis) -> Result<(), Refusal> {
         if self.require_dp && analysis.privacy.dp.is_none() {
             return Err(Refusal::DpRequired(coordinator.to_string()));
+        }
+        if let (Some(max), Some(dp)) = (self.max_epsilon, &analysis.privacy.dp)
+            && dp.epsilon > max
+        {
+            return Err(Refusal::EpsilonTooLarge {
+                got: dp.epsilon,
+                max,
+            });
         }
         if analysis.privacy.min_matched < self.min_matched_floor {
             return Err(Refusal::BelowFloor {
@@ -154,6 +177,13 @@ impl Policy {
                 "policy.{name}.epsilon_budget must be a finite number >= 0"
             ));
         }
+        if let Some(e) = self.max_epsilon
+            && !(e.is_finite() && e > 0.0)
+        {
+            return Err(format!(
+                "policy.{name}.max_epsilon must be a finite number > 0"
+            ));
+        }
         if let Some(d) = self.delta_budget
             && !(d.is_finite() && (0.0..1.0).contains(&d))
         {
@@ -192,6 +222,15 @@ mod tests {
             Err(Refusal::BelowFloor { got: 10, floor: 20 })
         );
         assert!(Policy::default().admit("c", &dp).is_ok());
+        let capped = Policy {
+            require_dp: true,
+            max_epsilon: Some(0.5),
+            ..Policy::default()
+        };
+        assert_eq!(
+            capped.admit("c", &dp),
+            Err(Refusal::EpsilonTooLarge { got: 1.0, max: 0.5 })
+        );
     }
 
     #[test]

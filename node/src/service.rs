@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use cleanroom::protocol::{Delivery, MaskShare, MaskSumRequest as CoreMaskSum, NodeSession};
 use cleanroom::protocol::{PeerKeys, ProtocolError};
+use cleanroom::psi::POINT_LEN;
 use cleanroom::session::os_rng;
 use cleanroom::share::IdentityKey;
 use cleanroom::{Analysis, AnalysisHash, SessionId};
@@ -138,6 +139,9 @@ fn class(e: &NodeError) -> &'static str {
         NodeError::SessionReused(_) => "session id reused",
         NodeError::Analysis(_) => "invalid analysis",
         NodeError::Policy(crate::policy::Refusal::DpRequired(_)) => "policy: dp required",
+        NodeError::Policy(crate::policy::Refusal::EpsilonTooLarge { .. }) => {
+            "policy: epsilon above maximum"
+        }
         NodeError::Policy(crate::policy::Refusal::BelowFloor { .. }) => {
             "policy: min_matched below floor"
         }
@@ -192,9 +196,11 @@ fn parse_ref(r: &Option<SessionRef>) -> Result<(SessionId, AnalysisHash), Status
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("worker failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        // A panic's message stays in this node's log.
+        error!("worker failed: {e}");
+        Status::internal("internal error at the node (see its log)")
+    })?
 }
 
 impl NodeService {
@@ -218,6 +224,15 @@ impl NodeState {
         let ctx = data::load_tables(&config.tables).await?;
         let identity = config.identity()?;
         let peers = config.peer_keys()?;
+        for c in &config.authorized_coordinators {
+            if config.policy_for(c).epsilon_budget.is_none() {
+                warn!(
+                    coordinator = %c,
+                    "no epsilon budget for this coordinator identity: DP runs are not capped \
+                     (set [policy.{c}] epsilon_budget); budgets are per identity and add up"
+                );
+            }
+        }
         Ok(NodeState {
             config,
             store,
@@ -568,6 +583,7 @@ impl Node for NodeService {
                         break;
                     }
                 };
+                let msg_points_len = msg.points.len();
                 let step = async {
                     let s = this.session(&msg.session, &who)?;
                     match &bound {
@@ -598,9 +614,10 @@ impl Node for NodeService {
                     })
                     .await
                 };
+                let input_points = (msg_points_len / POINT_LEN) as u64;
                 let out = step.await;
                 match &out {
-                    Ok(p) => points_done += (p.len() / 16) as u64,
+                    Ok(_) => points_done += input_points,
                     Err(st) => {
                         if let Some((s, _)) = &bound {
                             this.failed(s, "re-blind", st);

@@ -30,7 +30,8 @@ pub struct ReleasePlan {
     /// under DP, padded.
     pub sums: Vec<Vec<u64>>,
     /// Count to release (`m`, or under DP `m + z - shift`); `None` for
-    /// grouped results, whose counts are masked sums.
+    /// grouped results, whose counts are masked sums, and when the analysis
+    /// does not release the count.
     pub count: Option<i64>,
 }
 
@@ -63,7 +64,8 @@ impl ReleasePlan {
 /// information.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
-    /// Count to release (noisy under DP); `None` for grouped results.
+    /// Count to release (noisy under DP); `None` for grouped results and
+    /// when the analysis does not release the count.
     pub count: Option<i64>,
     /// Per list (ring order): `Y_i + noise + r_i`.
     pub sums: Vec<Vec<u64>>,
@@ -141,7 +143,11 @@ pub fn plan_release<R: CryptoRng + ?Sized>(
         if min > 0 && count < min as i64 {
             return Err(ProtocolError::TooFewMatches);
         }
-        Some(count)
+        // The recipient gets the count only when the analysis releases it.
+        analysis
+            .aggregates
+            .contains(&Aggregate::Count)
+            .then_some(count)
     };
     let pads: Vec<Vec<u64>> = sums
         .iter()

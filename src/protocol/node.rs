@@ -364,9 +364,12 @@ impl NodeSession {
                 "delivery does not cover every list".into(),
             ));
         }
-        if delivery.count.is_some() == self.layout.is_grouped() {
+        let wants_count =
+            !self.layout.is_grouped() && self.analysis.aggregates.contains(&Aggregate::Count);
+        if delivery.count.is_some() != wants_count {
             return Err(ProtocolError::Violation(
-                "a delivery carries a count exactly when the results are not grouped".into(),
+                "a delivery carries a count exactly when the analysis releases an ungrouped count"
+                    .into(),
             ));
         }
         let min = self.analysis.privacy.min_matched;
@@ -418,12 +421,14 @@ impl NodeSession {
         for (g, label) in labels.into_iter().enumerate() {
             // Values are < 2^63 (column totals) plus small noise, so the
             // two's complement reading of the ring element is exact.
+            // Ungrouped without a released count: the coordinator (and,
+            // without DP, the unmasker) applied the threshold already.
             let count = match (delivery.count, self.layout.count_slot(g)) {
-                (Some(c), _) => c,
-                (None, Some((p, slot))) => plain[p][slot] as i64 - shift,
-                (None, None) => unreachable!("checked: grouped results have count slots"),
+                (Some(c), _) => Some(c),
+                (None, Some((p, slot))) => Some(plain[p][slot] as i64 - shift),
+                (None, None) => None,
             };
-            if below(count) {
+            if count.is_some_and(below) {
                 rows.push(ReleaseRow {
                     group: label,
                     suppressed: true,
@@ -437,7 +442,9 @@ impl NodeSession {
                 .iter()
                 .map(|a| {
                     let value = match a {
-                        Aggregate::Count => count,
+                        Aggregate::Count => count.ok_or_else(|| {
+                            ProtocolError::Violation("no count was delivered".into())
+                        })?,
                         Aggregate::Sum { party, column } => {
                             let (p, f) = self
                                 .analysis
