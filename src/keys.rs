@@ -65,8 +65,14 @@ pub fn encode_part(part: KeyPart<'_>, out: &mut Vec<u8>) {
     match part {
         KeyPart::Str(s) => {
             out.push(TAG_STRING);
-            let norm: String = s.trim().nfc().collect();
-            crate::session::put_lp(out, norm.as_bytes());
+            let s = s.trim();
+            if s.is_ascii() {
+                // ASCII is its own NFC form: no allocation.
+                crate::session::put_lp(out, s.as_bytes());
+            } else {
+                let norm: String = s.nfc().collect();
+                crate::session::put_lp(out, norm.as_bytes());
+            }
         }
         KeyPart::Int(v) => {
             out.push(TAG_INTEGER);

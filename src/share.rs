@@ -216,13 +216,19 @@ impl MaskSeed {
     /// Masks a flat feature matrix (`width` values per row, row `j` at
     /// position `j`) in place: `y = f + mask mod 2^64`.
     pub fn mask_rows(&self, values: &mut [u64], width: usize) {
+        self.mask_rows_from(values, width, 0);
+    }
+
+    /// [`MaskSeed::mask_rows`] for a chunk whose first row is at position
+    /// `first` of the list.
+    pub fn mask_rows_from(&self, values: &mut [u64], width: usize, first: u64) {
         if width == 0 {
             return;
         }
         values.par_chunks_mut(width).enumerate().for_each_init(
             || vec![0u64; width],
             |m, (j, row)| {
-                self.row_mask(j as u64, m);
+                self.row_mask(first + j as u64, m);
                 for (v, m) in row.iter_mut().zip(m.iter()) {
                     *v = v.wrapping_add(*m);
                 }

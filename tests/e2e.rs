@@ -342,3 +342,52 @@ async fn unfinished_sessions_expire() {
     assert!(err.message().contains("expired"), "{}", err.message());
     cluster.stop().await;
 }
+
+/// Three banks with 100k keys each (half of them common to all): the
+/// streamed run equals the plaintext join. Correctness only; the benchmark
+/// measures speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_banks_100k_keys_each() {
+    const KEYS: u64 = 100_000;
+    const COMMON: u64 = 50_000;
+    let amount = |k: u64, i: u64| (k * 7919 + i) % 1000 + 1;
+    let banks: Vec<Bank> = (0..3).map(|_| Bank { rows: Vec::new() }).collect();
+    let text = analysis_text(3, 2, 1);
+    let cluster = Cluster::start_with(
+        &banks,
+        &[&text],
+        Setup {
+            tweak: Some(Box::new(move |i, c| {
+                let path = c.state_dir.with_file_name(format!("big-{i}.csv"));
+                let mut s = String::with_capacity(KEYS as usize * 24);
+                s.push_str("acct,amount\n");
+                for k in 0..KEYS {
+                    if k < COMMON {
+                        s += &format!("C{k:08},{}\n", amount(k, i as u64));
+                    } else {
+                        s += &format!("U{i}-{k:08},{}\n", amount(k, i as u64));
+                    }
+                }
+                std::fs::write(&path, s).unwrap();
+                c.tables.insert("accounts".into(), path);
+            })),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let report = cluster.run(&text, "coordinator").await.unwrap();
+    let stored = cluster.store(2).result(&report.sid).unwrap();
+    assert_eq!(stored.get("count"), Some(COMMON as i64));
+    for i in 0..3u64 {
+        let want: u64 = (0..COMMON).map(|k| amount(k, i)).sum();
+        assert_eq!(
+            stored.get(&format!("sum({}.amount)", party(i as usize))),
+            Some(want as i64)
+        );
+        assert_eq!(
+            stored.get(&format!("sum({}.n)", party(i as usize))),
+            Some(COMMON as i64)
+        );
+    }
+    cluster.stop().await;
+}

@@ -89,7 +89,7 @@ fn recipient_cannot_tell_which_of_its_rows_matched() {
         // its own masked rows (on the unpadded protocol it was exactly one:
         // the matched rows).
         assert_eq!(
-            subset_sums(&own.masked, own.width, 2, &d.sums[1]),
+            subset_sums(&own.masked.values, own.masked.width, 2, &d.sums[1]),
             Vec::<Vec<usize>>::new(),
             "the recipient can locate its matched rows"
         );

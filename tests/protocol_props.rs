@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cleanroom::Analysis;
 use cleanroom::keys::{KeyPart, encode_key};
-use cleanroom::protocol::{ProtocolError, Row, simulate};
+use cleanroom::protocol::{ProtocolError, Row, simulate, simulate_streaming};
 use cleanroom::session::os_rng;
 use proptest::prelude::*;
 
@@ -92,8 +92,20 @@ fn plaintext(grouped: &[BTreeMap<u16, Vec<u64>>]) -> BTreeMap<String, i64> {
 }
 
 fn run(grouped: &[BTreeMap<u16, Vec<u64>>], extra_privacy: &str) -> BTreeMap<String, i64> {
+    run_in(grouped, extra_privacy, usize::MAX, usize::MAX)
+}
+
+/// The run with rows fed in batches of `batch` and lists streamed in chunks
+/// of `chunk` points through every hop.
+fn run_in(
+    grouped: &[BTreeMap<u16, Vec<u64>>],
+    extra_privacy: &str,
+    batch: usize,
+    chunk: usize,
+) -> BTreeMap<String, i64> {
     let a = analysis(grouped.len(), extra_privacy);
-    let out = simulate(&a, &inputs(grouped), &mut os_rng()).expect("protocol runs");
+    let out = simulate_streaming(&a, &inputs(grouped), batch, chunk, &mut os_rng())
+        .expect("protocol runs");
     out.release.rows[0]
         .values
         .iter()
@@ -127,6 +139,19 @@ proptest! {
     fn padding_does_not_change_results(a in raw_rows(25), b in raw_rows(25)) {
         let g = [group(&a), group(&b)];
         prop_assert_eq!(run(&g, "pad_to_multiple = 16"), plaintext(&g));
+    }
+
+    /// Streaming (rows in small batches, lists in small chunks with
+    /// boundaries in odd places) gives the same result as one piece.
+    #[test]
+    fn streaming_equals_one_piece(
+        a in raw_rows(20), b in raw_rows(20), c in raw_rows(20),
+        batch in 1usize..7, chunk in 1usize..13, three in any::<bool>(),
+    ) {
+        let g = if three { vec![group(&a), group(&b), group(&c)] } else { vec![group(&a), group(&b)] };
+        let whole = run(&g, "pad_to_multiple = 5");
+        prop_assert_eq!(&run_in(&g, "pad_to_multiple = 5", batch, chunk), &whole);
+        prop_assert_eq!(whole, plaintext(&g));
     }
 }
 

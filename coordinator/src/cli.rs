@@ -1,14 +1,29 @@
 //! The `cleanroom-coordinator` command line.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use cleanroom_node::tls::TlsMaterial;
 
 use crate::demo::{format_demo, run_demo};
-use crate::run::{NodeTarget, RunOptions, run_analysis};
+use crate::run::{NodeTarget, PhaseEdge, PhaseHook, RunOptions, RunReport, run_analysis};
+
+/// The run's report as JSON: where the result went, phase times and bytes
+/// per node. Never a released number (the coordinator has none).
+pub fn report_json_text(r: &RunReport) -> String {
+    serde_json::json!({
+        "sid": r.sid.to_hex(),
+        "analysis_hash": r.analysis_hash.to_hex(),
+        "recipient": r.recipient,
+        "stored_as": r.stored_as,
+        "phases": r.phases.iter().map(|p| serde_json::json!({"name": p.name, "seconds": p.seconds})).collect::<Vec<_>>(),
+        "traffic": r.traffic.iter().map(|t| serde_json::json!({"node": t.node, "sent": t.sent, "received": t.received})).collect::<Vec<_>>(),
+    })
+    .to_string()
+}
 
 /// The cleanroom coordinator: runs one analysis across bank nodes.
 #[derive(Debug, Parser)]
@@ -34,6 +49,13 @@ enum Command {
         /// The coordinator's certificate name in the TLS directory.
         #[arg(long, default_value = "coordinator")]
         name: String,
+        /// Print one JSON line per phase start and end on stdout (for the
+        /// benchmark, which samples the processes there).
+        #[arg(long)]
+        events: bool,
+        /// Write the run's report (phases, bytes per node) as JSON here.
+        #[arg(long, value_name = "FILE")]
+        report_json: Option<PathBuf>,
     },
     /// Print each node's visible tables: names, columns, types and row
     /// counts rounded to two significant digits (never a value).
@@ -47,6 +69,36 @@ enum Command {
         /// The coordinator's certificate name in the TLS directory.
         #[arg(long, default_value = "coordinator")]
         name: String,
+    },
+    /// End-to-end benchmark: real node processes over loopback mTLS, one run
+    /// per party count and key count; writes results.csv, results.md,
+    /// time.svg and memory.svg.
+    Bench {
+        /// Keys per party, comma-separated (10k, 100k, 1M, ...).
+        #[arg(long, value_delimiter = ',', value_parser = crate::bench::data::parse_count, default_value = "10k,100k")]
+        keys: Vec<u64>,
+        /// Party counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "2")]
+        parties: Vec<usize>,
+        /// Share of each party's keys common to all parties.
+        #[arg(long, default_value_t = 0.5)]
+        overlap: f64,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also time OpenMined PSI (cardinality mode) on the same keys, for
+        /// two parties (installs it into a venv on first use).
+        #[arg(long)]
+        peers: bool,
+        /// The peer's runner script.
+        #[arg(long, default_value = "benches/peers/openmined_psi.sh")]
+        peer_script: PathBuf,
+        /// The cleanroom-node binary (default: next to this one).
+        #[arg(long)]
+        node_bin: Option<PathBuf>,
+        /// Elements timed to measure the crypto bound.
+        #[arg(long, default_value_t = 1 << 16)]
+        bound_sample: usize,
     },
     /// Synthetic two-bank fraud demo on loopback (the default command).
     Demo {
@@ -77,11 +129,33 @@ pub async fn run(cli: Cli) -> Result<()> {
             nodes,
             tls_dir,
             name,
+            events,
+            report_json,
         } => {
             let text = std::fs::read_to_string(&analysis)
                 .with_context(|| format!("reading {}", analysis.display()))?;
             let tls = TlsMaterial::from_dir(&tls_dir, &name)?;
-            let report = run_analysis(&text, &nodes, &tls, &RunOptions { progress }).await?;
+            let on_phase: Option<PhaseHook> = events.then(|| {
+                Arc::new(|phase: &str, edge: PhaseEdge| {
+                    let edge = match edge {
+                        PhaseEdge::Start => "start",
+                        PhaseEdge::End => "end",
+                    };
+                    // One line per event, flushed, so a reader sees it now.
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{}", serde_json::json!({"phase": phase, "edge": edge}));
+                    let _ = out.flush();
+                }) as PhaseHook
+            });
+            let opts = RunOptions {
+                progress: progress && !events,
+                on_phase,
+            };
+            let report = run_analysis(&text, &nodes, &tls, &opts).await?;
+            if let Some(path) = report_json {
+                std::fs::write(&path, report_json_text(&report))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             println!("session   {}", report.sid);
             println!("analysis  {}", report.analysis_hash);
             println!(
@@ -92,6 +166,38 @@ pub async fn run(cli: Cli) -> Result<()> {
                 "(the coordinator never sees the numbers: read them with `cleanroom-node results` at {})",
                 report.recipient
             );
+        }
+        Command::Bench {
+            keys,
+            parties,
+            overlap,
+            out,
+            peers,
+            peer_script,
+            node_bin,
+            bound_sample,
+        } => {
+            if !(0.0..=1.0).contains(&overlap) {
+                bail!("--overlap must be between 0 and 1");
+            }
+            if parties.iter().any(|&p| !(2..=26).contains(&p)) {
+                bail!("--parties must be between 2 and 26");
+            }
+            let opts = crate::bench::BenchOptions {
+                keys,
+                parties,
+                overlap,
+                out: out.clone(),
+                peers,
+                peer_script,
+                node_bin,
+                bound_sample: bound_sample.max(256),
+            };
+            let runs = tokio::task::spawn_blocking(move || crate::bench::run_bench(&opts))
+                .await
+                .context("benchmark worker")??;
+            print!("{}", crate::bench::report::markdown(&runs));
+            println!("wrote {}", out.display());
         }
         Command::Catalog {
             nodes,

@@ -8,9 +8,13 @@
 //! what nodes show of their tables; [`demo`] runs the whole thing on
 //! synthetic bank data on loopback.
 
+pub mod bench;
 pub mod catalog;
 pub mod cli;
 pub mod demo;
+mod pipeline;
 pub mod run;
 
-pub use run::{CoordinatorError, NodeTarget, RunOptions, RunReport, run_analysis};
+pub use run::{
+    CoordinatorError, NodeTarget, PhaseEdge, PhaseHook, RunOptions, RunReport, run_analysis,
+};

@@ -1,21 +1,25 @@
 //! Driving one run over gRPC. The cryptographic and matching steps are the
 //! core crate's; this module only moves bytes and reports progress.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use cleanroom::protocol::{Layout, MAX_LIST_ROWS, PreparedList, ProtocolError, plan_release, ring};
-use cleanroom::psi::{POINT_LEN, TRUNCATED_LEN};
+use cleanroom::protocol::{Layout, ProtocolError, plan_release, ring};
 use cleanroom::session::os_rng;
 use cleanroom::{Analysis, AnalysisHash, SessionId};
 use cleanroom_node::tls::TlsMaterial;
 use cleanroom_proto::v1::node_client::NodeClient;
 use cleanroom_proto::v1::*;
-use cleanroom_proto::{CHUNK_POINTS, MAX_MESSAGE_BYTES};
+use cleanroom_proto::MAX_MESSAGE_BYTES;
 use futures::future::try_join_all;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use prost::Message;
 use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
+
+use crate::pipeline::through_ring;
 
 /// A node to run against: party name (its certificate name) and URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,11 +47,82 @@ impl std::str::FromStr for NodeTarget {
     }
 }
 
+/// A callback told when each phase of a run starts and ends.
+pub type PhaseHook = Arc<dyn Fn(&str, PhaseEdge) + Send + Sync>;
+
+/// Whether a phase starts or ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhaseEdge {
+    /// The phase starts.
+    Start,
+    /// The phase ended (successfully).
+    End,
+}
+
 /// How to run.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RunOptions {
     /// Draw progress bars (on a terminal).
     pub progress: bool,
+    /// Told at each phase boundary (benchmarks sample processes there).
+    pub on_phase: Option<PhaseHook>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("progress", &self.progress)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Phases of a run, in order: `setup`, `stream` (local steps and the
+/// blinding ring, pipelined), `match`, `release` (mask sums and delivery),
+/// `finish`.
+pub const PHASES: [&str; 5] = ["setup", "stream", "match", "release", "finish"];
+
+/// Bytes of protocol messages exchanged with one node (protobuf-encoded
+/// sizes, without TLS and HTTP/2 framing).
+#[derive(Debug, Default)]
+pub struct Traffic {
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl Traffic {
+    pub(crate) fn sent(&self, bytes: usize) {
+        self.sent.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn received(&self, bytes: usize) {
+        self.received.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+    /// (sent to the node, received from it).
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.received.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Wall time of one phase.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhaseTime {
+    /// Phase name (see [`PHASES`]).
+    pub name: &'static str,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// Bytes exchanged with one node over the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeTraffic {
+    /// Party.
+    pub node: String,
+    /// Bytes the coordinator sent it.
+    pub sent: u64,
+    /// Bytes the coordinator received from it.
+    pub received: u64,
 }
 
 /// The outcome as the coordinator knows it: where the result went, not what
@@ -62,6 +137,10 @@ pub struct RunReport {
     pub recipient: String,
     /// Where the recipient's node stored it.
     pub stored_as: String,
+    /// Wall time per phase.
+    pub phases: Vec<PhaseTime>,
+    /// Bytes exchanged with each node, in ring order.
+    pub traffic: Vec<NodeTraffic>,
 }
 
 /// Coordinator errors. On any of them after setup, every node is told to
@@ -131,6 +210,7 @@ impl CoordinatorError {
 pub(crate) struct Peer {
     pub(crate) name: String,
     pub(crate) client: NodeClient<Channel>,
+    pub(crate) traffic: Traffic,
 }
 
 impl Peer {
@@ -145,7 +225,7 @@ impl Peer {
             message: s.message().to_string(),
         }
     }
-    fn bad(&self, message: impl Into<String>) -> CoordinatorError {
+    pub(crate) fn bad(&self, message: impl Into<String>) -> CoordinatorError {
         CoordinatorError::BadResponse {
             node: self.name.clone(),
             message: message.into(),
@@ -208,7 +288,43 @@ pub(crate) async fn connect(
     Ok(Peer {
         name: target.name.clone(),
         client,
+        traffic: Traffic::default(),
     })
+}
+
+/// Times the phases and tells the hook.
+struct Clock<'a> {
+    hook: Option<&'a PhaseHook>,
+    times: Vec<PhaseTime>,
+    current: Option<(&'static str, std::time::Instant)>,
+}
+
+impl<'a> Clock<'a> {
+    fn new(hook: Option<&'a PhaseHook>) -> Self {
+        Clock {
+            hook,
+            times: Vec::new(),
+            current: None,
+        }
+    }
+    fn start(&mut self, name: &'static str) {
+        self.end();
+        if let Some(h) = self.hook {
+            h(name, PhaseEdge::Start);
+        }
+        self.current = Some((name, std::time::Instant::now()));
+    }
+    fn end(&mut self) {
+        if let Some((name, t)) = self.current.take() {
+            self.times.push(PhaseTime {
+                name,
+                seconds: t.elapsed().as_secs_f64(),
+            });
+            if let Some(h) = self.hook {
+                h(name, PhaseEdge::End);
+            }
+        }
+    }
 }
 
 struct Progress {
@@ -272,8 +388,10 @@ pub async fn run_analysis(
     };
     info!(%sid, analysis = %analysis.name, %hash, "starting run");
     let progress = Progress::new(opts.progress);
+    let mut clock = Clock::new(opts.on_phase.as_ref());
 
     // Step 1: setup. A refusal here opened no session at that node; abort the others.
+    clock.start("setup");
     let setup = progress.phase("setup", peers.len() as u64);
     let results = futures::future::join_all(peers.iter().map(|p| {
         let mut c = p.client.clone();
@@ -281,9 +399,13 @@ pub async fn run_analysis(
             session: Some(session.clone()),
             analysis_toml: analysis_text.to_string(),
         };
+        p.traffic.sent(req.encoded_len());
         let pb = setup.clone();
         async move {
             let r = c.setup(req).await.map_err(p.fail("setup"));
+            if let Ok(resp) = &r {
+                p.traffic.received(resp.get_ref().encoded_len());
+            }
             pb.inc(1);
             r.and_then(|resp| {
                 if resp.get_ref().party == p.name {
@@ -301,16 +423,30 @@ pub async fn run_analysis(
         return Err(e);
     }
 
-    let outcome = drive(&analysis, &peers, &session, &progress).await;
+    let outcome = drive(&analysis, &peers, &session, &progress, &mut clock).await;
     match outcome {
         Ok(stored_as) => {
+            clock.start("finish");
             finish(&peers, &session, None).await;
+            clock.end();
             info!(%sid, recipient = %analysis.recipient, "result delivered to the recipient's node");
             Ok(RunReport {
                 sid,
                 analysis_hash: hash,
                 recipient: analysis.recipient.clone(),
                 stored_as,
+                phases: clock.times,
+                traffic: peers
+                    .iter()
+                    .map(|p| {
+                        let (sent, received) = p.traffic.totals();
+                        NodeTraffic {
+                            node: p.name.clone(),
+                            sent,
+                            received,
+                        }
+                    })
+                    .collect(),
             })
         }
         Err(e) => {
@@ -335,6 +471,7 @@ async fn finish(peers: &[Peer], session: &SessionRef, abort_reason: Option<Abort
             aborted: abort_reason.is_some(),
             reason: abort_reason.unwrap_or(AbortReason::Unspecified) as i32,
         };
+        p.traffic.sent(req.encoded_len());
         // Best effort: a node that never opened the session answers NotFound.
         let _ = p.client.clone().finish(req).await;
     }
@@ -346,47 +483,44 @@ async fn drive(
     peers: &[Peer],
     session: &SessionRef,
     progress: &Progress,
+    clock: &mut Clock<'_>,
 ) -> Result<String, CoordinatorError> {
     let n = peers.len();
-    // Step 2: local step at every node, in parallel.
-    let local = progress.phase("local step", n as u64);
+    // Steps 2 and 3, streamed: every list leaves its owner and goes around
+    // the ring chunk by chunk; all lists travel at once.
+    clock.start("stream");
     let layout = Layout::new(analysis);
-    let lists = try_join_all(peers.iter().enumerate().map(|(i, p)| {
-        let width = layout.row_width(i);
-        let pb = local.clone();
+    let received = progress.phase("local steps", 0);
+    let finished = progress.phase("blinding ring", 0);
+    let outputs = try_join_all((0..n).map(|owner| {
+        let (received, finished) = (received.clone(), finished.clone());
         async move {
-            let l = collect_list(p, session, width).await;
-            pb.inc(1);
-            l
+            let out = through_ring(
+                peers,
+                session,
+                owner,
+                layout.row_width(owner),
+                &received,
+                &finished,
+            )
+            .await?;
+            received.inc_length(out.masked.len);
+            finished.inc_length(out.masked.len);
+            Ok::<_, CoordinatorError>(out)
         }
     }))
     .await?;
-    local.finish();
+    received.finish();
+    finished.finish();
+    let (lists, finals): (Vec<_>, Vec<_>) =
+        outputs.into_iter().map(|o| (o.masked, o.finals)).unzip();
 
-    // Step 3: every list around the ring; lists travel concurrently.
-    let total_hops: u64 = lists.iter().map(|l| l.len * (n as u64 - 1)).sum();
-    let ringbar = progress.phase("blinding ring", total_hops);
-    let finals = try_join_all(lists.iter().enumerate().map(|(owner, list)| {
-        let pb = ringbar.clone();
-        async move {
-            let mut points = list.points.clone();
-            for hop in ring::route(owner, n) {
-                let out_len = if ring::is_final_pass(owner, hop, n) {
-                    TRUNCATED_LEN
-                } else {
-                    POINT_LEN
-                };
-                points = reblind(&peers[hop], session, owner, &points, out_len, &pb).await?;
-            }
-            Ok::<_, CoordinatorError>(points)
-        }
-    }))
-    .await?;
-    ringbar.finish();
-
-    // Steps 4–6: match, DP dummies, masked sums, release policy and noise,
-    // all before anything is unmasked.
+    // Steps 4–7: match, DP dummies, masked sums, release policy, noise and
+    // pads, all before anything is unmasked.
+    clock.start("match");
     let plan = plan_release(analysis, &lists, &finals, &mut os_rng())?;
+    drop(finals);
+    clock.start("release");
     let release = progress.phase("release", n as u64 + 1);
     let sealed = try_join_all(lists.iter().enumerate().map(|(owner, list)| {
         let ask = plan.mask_sum_request(owner, list.len);
@@ -403,14 +537,17 @@ async fn drive(
                 positions: ask.positions,
                 pad: ask.pad,
             };
+            unmasker.traffic.sent(req.encoded_len());
             let r = unmasker
                 .client
                 .clone()
                 .mask_sum(req)
                 .await
-                .map_err(unmasker.fail("mask sum"))?;
+                .map_err(unmasker.fail("mask sum"))?
+                .into_inner();
+            unmasker.traffic.received(r.encoded_len());
             pb.inc(1);
-            Ok::<_, CoordinatorError>(r.into_inner().sealed)
+            Ok::<_, CoordinatorError>(r.sealed)
         }
     }))
     .await?;
@@ -433,109 +570,16 @@ async fn drive(
             })
             .collect(),
     };
+    recipient.traffic.sent(req.encoded_len());
     let resp = recipient
         .client
         .clone()
         .deliver(req)
         .await
-        .map_err(recipient.fail("deliver"))?;
+        .map_err(recipient.fail("deliver"))?
+        .into_inner();
+    recipient.traffic.received(resp.encoded_len());
     release.inc(1);
     release.finish();
-    Ok(resp.into_inner().stored_as)
-}
-
-async fn collect_list(
-    p: &Peer,
-    session: &SessionRef,
-    width: usize,
-) -> Result<PreparedList, CoordinatorError> {
-    let req = LocalStepRequest {
-        session: Some(session.clone()),
-    };
-    let mut stream = p
-        .client
-        .clone()
-        .local_step(req)
-        .await
-        .map_err(p.fail("local step"))?
-        .into_inner();
-    let mut points = Vec::new();
-    let mut masked = Vec::new();
-    let mut dummies = Vec::new();
-    let mut total = None;
-    while let Some(chunk) = stream.message().await.map_err(p.fail("local step"))? {
-        if *total.get_or_insert(chunk.total_rows) != chunk.total_rows {
-            return Err(p.bad("inconsistent list length"));
-        }
-        if chunk.total_rows > MAX_LIST_ROWS {
-            return Err(p.bad(format!("list longer than {MAX_LIST_ROWS} rows")));
-        }
-        if (points.len() + chunk.points.len()) as u64 > chunk.total_rows * POINT_LEN as u64 {
-            return Err(p.bad("list longer than announced"));
-        }
-        if chunk.points.len() % POINT_LEN != 0
-            || chunk.masked.len() != chunk.points.len() / POINT_LEN * width
-        {
-            return Err(p.bad("chunk sizes do not match the analysis"));
-        }
-        if !chunk.dummy_positions.is_empty() && !points.is_empty() {
-            return Err(p.bad("dummy positions outside the first chunk"));
-        }
-        points.extend_from_slice(&chunk.points);
-        masked.extend_from_slice(&chunk.masked);
-        dummies.extend_from_slice(&chunk.dummy_positions);
-    }
-    let len = total.unwrap_or(0);
-    if points.len() as u64 != len * POINT_LEN as u64 {
-        return Err(p.bad("list shorter or longer than announced"));
-    }
-    let distinct: std::collections::HashSet<u64> = dummies.iter().copied().collect();
-    if distinct.len() != dummies.len() || dummies.iter().any(|&d| d >= len) {
-        return Err(p.bad("dummy positions must be distinct and inside the list"));
-    }
-    Ok(PreparedList {
-        points,
-        masked,
-        len,
-        width,
-        dummies,
-    })
-}
-
-async fn reblind(
-    p: &Peer,
-    session: &SessionRef,
-    owner: usize,
-    points: &[u8],
-    out_len: usize,
-    pb: &ProgressBar,
-) -> Result<Vec<u8>, CoordinatorError> {
-    let chunks: Vec<ReblindChunk> = points
-        .chunks(CHUNK_POINTS * POINT_LEN)
-        .map(|c| ReblindChunk {
-            session: Some(session.clone()),
-            owner: owner as u32,
-            points: c.to_vec(),
-        })
-        .collect();
-    let expected = points.len() / POINT_LEN * out_len;
-    let mut stream = p
-        .client
-        .clone()
-        .reblind(tokio_stream::iter(chunks))
-        .await
-        .map_err(p.fail("re-blind"))?
-        .into_inner();
-    let mut out = Vec::with_capacity(expected);
-    while let Some(c) = stream.message().await.map_err(p.fail("re-blind"))? {
-        pb.inc((c.points.len() / out_len) as u64);
-        out.extend_from_slice(&c.points);
-    }
-    if out.len() != expected {
-        return Err(p.bad(format!(
-            "re-blinded list has {} bytes, expected {expected}",
-            out.len()
-        )));
-    }
-    Ok(out)
+    Ok(resp.stored_as)
 }

@@ -8,8 +8,13 @@ use std::path::PathBuf;
 use cleanroom::Analysis;
 use cleanroom::analysis::Grouping;
 use cleanroom::keys::{KeyPart, KeyType, encode_part};
-use cleanroom::protocol::Row;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use std::pin::Pin;
+
+use cleanroom::protocol::{Row, RowBatch};
+use tokio_stream::{Stream, StreamExt};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, UInt64Array,
+};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::{DataType, Int64Type, UInt64Type};
 use datafusion::datasource::file_format::options::ArrowReadOptions;
@@ -201,26 +206,56 @@ pub async fn catalog(ctx: &SessionContext, tables: &[String]) -> Result<Vec<Tabl
     Ok(out)
 }
 
-/// Runs `party`'s query of the analysis and converts its output to rows:
-/// the first `key.len()` columns are the key parts, and the features named
-/// by the analysis are looked up by column name.
-pub async fn local_rows(
+/// A stream of the local query's output as protocol row batches.
+pub type RowBatches = Pin<Box<dyn Stream<Item = Result<RowBatch, DataError>> + Send>>;
+
+/// Runs `party`'s query of the analysis and streams its output, one
+/// [`RowBatch`] per record batch as the engine produces them: the first
+/// `key.len()` columns are the key parts, the features named by the
+/// analysis are looked up by column name (and the group column, for the
+/// grouping party).
+pub async fn local_batches(
     ctx: &SessionContext,
     analysis: &Analysis,
     party: &str,
-) -> Result<Vec<Row>, DataError> {
+) -> Result<RowBatches, DataError> {
     let sql = &analysis
         .parties
         .iter()
         .find(|p| p.name == party)
         .ok_or_else(|| DataError::Engine(format!("party {party} not in analysis")))?
         .sql;
-    let batches = ctx.sql(sql).await?.collect().await?;
+    let stream = ctx.sql(sql).await?.execute_stream().await?;
+    let key = analysis.key.clone();
     let features = analysis.features(party);
-    let grouping = analysis.grouping.as_ref().filter(|g| g.party == party);
+    let grouping = analysis
+        .grouping
+        .clone()
+        .filter(|g| g.party == party);
+    Ok(Box::pin(stream.map(move |b| {
+        batch_rows(&b?, &key, &features, grouping.as_ref())
+    })))
+}
+
+/// The whole output of `party`'s query as rows (for checks and tests; the
+/// node streams it with [`local_batches`]).
+pub async fn local_rows(
+    ctx: &SessionContext,
+    analysis: &Analysis,
+    party: &str,
+) -> Result<Vec<Row>, DataError> {
+    let mut batches = local_batches(ctx, analysis, party).await?;
     let mut rows = Vec::new();
-    for b in &batches {
-        rows.extend(batch_rows(b, &analysis.key, &features, grouping)?);
+    while let Some(b) = batches.next().await {
+        let b = b?;
+        let w = if b.is_empty() { 0 } else { b.features.len() / b.len() };
+        for r in 0..b.len() {
+            rows.push(Row {
+                key: b.key(r).to_vec(),
+                features: b.features[r * w..(r + 1) * w].to_vec(),
+                group: b.groups.as_ref().map(|g| g[r]),
+            });
+        }
     }
     Ok(rows)
 }
@@ -265,7 +300,7 @@ fn batch_rows(
     key: &[KeyType],
     features: &[String],
     grouping: Option<&Grouping>,
-) -> Result<Vec<Row>, DataError> {
+) -> Result<RowBatch, DataError> {
     let schema = b.schema();
     if b.num_columns() < key.len() {
         return Err(DataError::TooFewColumns {
@@ -324,28 +359,38 @@ fn batch_rows(
             .map_err(|_| DataError::BadFeatureValue { column: f.clone() })?;
         feat_cols.push(c);
     }
-    let groups = grouping.map(|g| group_indices(b, g)).transpose()?;
-    let mut rows = Vec::with_capacity(b.num_rows());
-    for r in 0..b.num_rows() {
-        let mut enc = Vec::with_capacity(24);
-        for (t, c) in key.iter().zip(&key_cols) {
-            let part = match t {
-                KeyType::String => KeyPart::Str(c.as_string::<i32>().value(r)),
-                KeyType::Integer => KeyPart::Int(c.as_primitive::<Int64Type>().value(r)),
+    let n = b.num_rows();
+    let mut out = RowBatch {
+        keys: Vec::with_capacity(n * 24),
+        ends: Vec::with_capacity(n),
+        features: Vec::with_capacity(n * feat_cols.len()),
+        groups: grouping.map(|g| group_indices(b, g)).transpose()?,
+    };
+    let ints: Vec<Option<&Int64Array>> = key_cols
+        .iter()
+        .map(|c| c.as_primitive_opt::<Int64Type>())
+        .collect();
+    let strs: Vec<Option<&StringArray>> = key_cols
+        .iter()
+        .map(|c| c.as_string_opt::<i32>())
+        .collect();
+    let feats: Vec<&UInt64Array> = feat_cols
+        .iter()
+        .map(|c| c.as_primitive::<UInt64Type>())
+        .collect();
+    for r in 0..n {
+        for (i, t) in key.iter().enumerate() {
+            let part = match (t, strs[i], ints[i]) {
+                (KeyType::String, Some(s), _) => KeyPart::Str(s.value(r)),
+                (KeyType::Integer, _, Some(v)) => KeyPart::Int(v.value(r)),
+                _ => unreachable!("key columns were cast to their declared types"),
             };
-            encode_part(part, &mut enc);
+            encode_part(part, &mut out.keys);
         }
-        let features = feat_cols
-            .iter()
-            .map(|c| c.as_primitive::<UInt64Type>().value(r))
-            .collect();
-        rows.push(Row {
-            key: enc,
-            features,
-            group: groups.as_ref().map(|g| g[r]),
-        });
+        out.ends.push(out.keys.len());
+        out.features.extend(feats.iter().map(|c| c.value(r)));
     }
-    Ok(rows)
+    Ok(out)
 }
 
 fn strict_cast(col: &ArrayRef, to: &DataType) -> Result<ArrayRef, DataError> {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use cleanroom::protocol::{Delivery, MaskShare, MaskSumRequest as CoreMaskSum, NodeSession};
-use cleanroom::protocol::{PeerKeys, ProtocolError};
+use cleanroom::protocol::{PeerKeys, ProtocolError, RowBatch, ShuffledList};
 use cleanroom::psi::POINT_LEN;
 use cleanroom::session::os_rng;
 use cleanroom::share::IdentityKey;
@@ -22,7 +22,7 @@ use cleanroom_proto::CHUNK_POINTS;
 use cleanroom_proto::v1::node_server::Node;
 use cleanroom_proto::v1::*;
 use datafusion::prelude::SessionContext;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{error, info, warn};
@@ -58,6 +58,9 @@ struct Session {
     /// The session's secrets; taken (and zeroized) when the session ends,
     /// even while a stream task still holds the session.
     proto: RwLock<Option<NodeSession>>,
+    /// The node's own shuffled list while it is being sent (it holds the
+    /// list's mask seed); taken when sent or when the session ends.
+    list: Mutex<Option<ShuffledList>>,
     local_done: AtomicBool,
     /// Lists this node has started re-blinding: one stream per list, so the
     /// node cannot be used as a blinding oracle.
@@ -72,6 +75,7 @@ impl Session {
     /// Drops the session's secrets now.
     fn close(&self) {
         self.proto.write().unwrap_or_else(|e| e.into_inner()).take();
+        self.list.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     fn with<T>(&self, f: impl FnOnce(&NodeSession) -> Result<T, Status>) -> Result<T, Status> {
@@ -387,6 +391,7 @@ impl NodeState {
             analysis,
             coordinator: who.to_string(),
             proto: RwLock::new(Some(proto)),
+            list: Mutex::new(None),
             local_done: AtomicBool::new(false),
             reblinded: Mutex::new(HashSet::new()),
         });
@@ -406,10 +411,11 @@ impl NodeState {
     }
 
     /// The local step up to the prepared list: debit, query, blind and mask.
-    async fn prepare_list(
-        &self,
-        s: &Arc<Session>,
-    ) -> Result<cleanroom::protocol::PreparedList, Status> {
+    /// The local step up to the shuffled list: debit, then the query's
+    /// batches streamed into the list builder (blinding on all cores while
+    /// the engine reads), then padding and the shuffle. Returns the list's
+    /// length and dummies; the list itself stays in the session.
+    async fn prepare_list(&self, s: &Arc<Session>) -> Result<(u64, Vec<u64>), Status> {
         if s.local_done.swap(true, Ordering::SeqCst) {
             return Err(Status::failed_precondition(
                 "local step already ran for this session",
@@ -426,13 +432,87 @@ impl NodeState {
             )
             .map_err(status)?;
         failpoint("after-debit");
-        let rows = data::local_rows(&self.ctx, &s.analysis, &self.config.name)
+        let mut batches = data::local_batches(&self.ctx, &s.analysis, &self.config.name)
             .await
             .map_err(|e| status(e.into()))?;
+        // The builder borrows the session's secrets, so it lives on one
+        // blocking thread; the engine's batches reach it through a channel.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<RowBatch>(2);
         let s2 = s.clone();
-        blocking(move || s2.with(|proto| proto.prepare(rows, &mut os_rng()).map_err(proto_status)))
+        let builder = tokio::task::spawn_blocking(move || {
+            s2.with(|proto| {
+                let mut b = proto.list_builder();
+                while let Some(batch) = rx.blocking_recv() {
+                    b.push(&batch).map_err(proto_status)?;
+                }
+                b.finish(&mut os_rng()).map_err(proto_status)
+            })
+        });
+        let mut failed = None;
+        while let Some(batch) = batches.next().await {
+            match batch {
+                Ok(b) => {
+                    if tx.send(b).await.is_err() {
+                        break; // the builder stopped: its error follows
+                    }
+                }
+                Err(e) => {
+                    failed = Some(status(e.into()));
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let built = builder
             .await
+            .map_err(|e| Status::internal(format!("worker failed: {e}")));
+        if let Some(st) = failed {
+            return Err(st);
+        }
+        let list = built??;
+        let out = (list.len(), list.dummies().to_vec());
+        *s.list.lock().unwrap_or_else(|e| e.into_inner()) = Some(list);
+        Ok(out)
     }
+}
+
+/// Streams a session's shuffled list as ListChunks, computing each chunk
+/// (gather + mask) on a blocking thread only when the channel has room.
+fn stream_list(
+    s: Arc<Session>,
+    len: u64,
+    dummies: Vec<u64>,
+    tx: tokio::sync::mpsc::Sender<Result<ListChunk, Status>>,
+) {
+    tokio::spawn(async move {
+        let mut start = 0u64;
+        let mut dummies = Some(dummies);
+        while start < len || dummies.is_some() {
+            let s2 = s.clone();
+            let chunk = blocking(move || {
+                let guard = s2.list.lock().unwrap_or_else(|e| e.into_inner());
+                let list = guard.as_ref().ok_or_else(closed)?;
+                Ok(list.chunk(start, CHUNK_POINTS))
+            })
+            .await;
+            let msg = chunk.map(|(points, masked)| ListChunk {
+                total_rows: len,
+                dummy_positions: dummies.take().unwrap_or_default(),
+                points,
+                masked,
+            });
+            let stop = msg.is_err();
+            if let Ok(m) = &msg {
+                start += (m.points.len() / POINT_LEN) as u64;
+            }
+            dummies = None;
+            if tx.send(msg).await.is_err() || stop {
+                break;
+            }
+        }
+        // The list (and its mask seed) is no longer needed.
+        s.list.lock().unwrap_or_else(|e| e.into_inner()).take();
+    });
 }
 
 #[tonic::async_trait]
@@ -517,7 +597,7 @@ impl Node for NodeService {
     ) -> Result<Response<Self::LocalStepStream>, Status> {
         let who = self.authorize(&req)?;
         let s = self.session(&req.get_ref().session, &who)?;
-        let list = match self.prepare_list(&s).await {
+        let (len, dummies) = match self.prepare_list(&s).await {
             Ok(l) => l,
             Err(st) => {
                 self.failed(&s, "local step", &st);
@@ -525,31 +605,12 @@ impl Node for NodeService {
             }
         };
         let mut rec = s.record(&self.store, Event::LocalStep);
-        rec.list_rows = Some(list.len);
+        rec.list_rows = Some(len);
         self.store.log(&rec).map_err(status)?;
-        info!(sid = %s.sid, rows = list.len, "local step done");
-        let total = list.len;
-        let width = list.width;
-        let chunks: Vec<Result<ListChunk, Status>> = list
-            .points
-            .chunks(CHUNK_POINTS * 32)
-            .enumerate()
-            .map(|(i, pts)| {
-                let rows = pts.len() / 32;
-                let start = i * CHUNK_POINTS * width;
-                Ok(ListChunk {
-                    points: pts.to_vec(),
-                    masked: list.masked[start..start + rows * width].to_vec(),
-                    total_rows: total,
-                    dummy_positions: if i == 0 {
-                        list.dummies.clone()
-                    } else {
-                        Vec::new()
-                    },
-                })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        info!(sid = %s.sid, rows = len, "local step: list ready, streaming it");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        stream_list(s, len, dummies, tx);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type ReblindStream = Stream_<PointChunk>;
@@ -755,6 +816,7 @@ mod tests {
             analysis,
             coordinator: "c".into(),
             proto: RwLock::new(Some(proto)),
+            list: Mutex::new(None),
             local_done: AtomicBool::new(false),
             reblinded: Mutex::new(HashSet::new()),
         });

@@ -6,7 +6,7 @@
 
 use rand::CryptoRng;
 
-use super::{Layout, MaskSumRequest, PreparedList, ProtocolError, match_lists};
+use super::{Layout, MaskSumRequest, MaskedList, ProtocolError, match_lists};
 use crate::analysis::{Aggregate, Analysis};
 use crate::psi::TRUNCATED_LEN;
 use crate::share::check_positions;
@@ -78,19 +78,19 @@ pub struct Delivery {
 /// Steps 4–7 on the coordinator, shared by the in-memory and the gRPC run:
 /// matches the final (truncated) lists, refuses to go on below
 /// `min_matched`, adds DP dummy positions (one draw per group, shared by all
-/// lists), sums the masked rows, adds noise and pads. `lists[i]` is list `i`
-/// as its owner prepared it, `finals[i]` the same list after the whole
-/// blinding ring.
+/// lists), sums the masked rows, adds noise and pads. `lists[i]` is what
+/// the coordinator kept of list `i` (masked values, dummies), `finals[i]`
+/// the list's points after the whole blinding ring.
 pub fn plan_release<R: CryptoRng + ?Sized>(
     analysis: &Analysis,
-    lists: &[PreparedList],
+    lists: &[MaskedList],
     finals: &[Vec<u8>],
     rng: &mut R,
 ) -> Result<ReleasePlan, ProtocolError> {
     let layout = Layout::new(analysis);
     let names = analysis.party_names();
     for (i, l) in lists.iter().enumerate() {
-        if l.width != layout.row_width(i) || l.masked.len() as u64 != l.len * l.width as u64 {
+        if l.width != layout.row_width(i) || l.values.len() as u64 != l.len * l.width as u64 {
             return Err(ProtocolError::Violation(format!(
                 "list of {} does not have the analysis's layout",
                 names[i]
@@ -115,7 +115,7 @@ pub fn plan_release<R: CryptoRng + ?Sized>(
     let mut sums = lists
         .iter()
         .zip(&positions)
-        .map(|(l, pos)| sum_masked(&l.masked, l.width, pos))
+        .map(|(l, pos)| sum_masked(&l.values, l.width, pos))
         .collect::<Result<Vec<_>, _>>()?;
     if let Some(dp) = dp {
         for a in &analysis.aggregates {

@@ -13,15 +13,14 @@
 //!   block of its own group tag. The grouping party's block also starts with
 //!   an indicator (1 for its rows), whose sum is the group's count.
 //!
+//! The node's list builder ([`super::local`]) lays rows out this way.
 //! Summing matched rows then yields per-group counts and sums in one run,
 //! masked like any other sum. The layout is public (it follows from the
 //! analysis), so a list's length reveals only the number of groups.
 //! Without grouping the layout is the identity: one block, no indicator,
 //! keys unchanged.
 
-use super::{ProtocolError, Row};
 use crate::analysis::Analysis;
-use crate::keys::append_group;
 
 /// Where each released number lives in the masked vectors of a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,65 +97,6 @@ impl Layout {
         }
         v
     }
-
-    /// Turns `party`'s checked rows (one per key, unslotted features) into
-    /// the rows it blinds and masks: group-tagged keys and slotted features.
-    pub fn expand(&self, party: usize, rows: Vec<Row>) -> Result<Vec<Row>, ProtocolError> {
-        let bad = || ProtocolError::BadGroup {
-            party: self.names[party].clone(),
-        };
-        let Some(grouping) = self.grouping else {
-            if rows.iter().any(|r| r.group.is_some()) {
-                return Err(bad());
-            }
-            return Ok(rows);
-        };
-        let width = self.row_width(party);
-        if party == grouping {
-            rows.into_iter()
-                .map(|r| {
-                    let g = r
-                        .group
-                        .filter(|&g| (g as usize) < self.groups)
-                        .ok_or_else(bad)?;
-                    let mut features = vec![0; width];
-                    let (_, ind) = self.count_slot(g as usize).expect("grouped");
-                    features[ind] = 1;
-                    for (f, v) in r.features.iter().enumerate() {
-                        features[self.feature_slot(party, f, g as usize)] = *v;
-                    }
-                    let mut key = r.key;
-                    append_group(&mut key, g);
-                    Ok(Row {
-                        key,
-                        features,
-                        group: None,
-                    })
-                })
-                .collect()
-        } else {
-            if rows.iter().any(|r| r.group.is_some()) {
-                return Err(bad());
-            }
-            let mut out = Vec::with_capacity(rows.len().saturating_mul(self.groups));
-            for r in rows {
-                for g in 0..self.groups {
-                    let mut features = vec![0; width];
-                    for (f, v) in r.features.iter().enumerate() {
-                        features[self.feature_slot(party, f, g)] = *v;
-                    }
-                    let mut key = r.key.clone();
-                    append_group(&mut key, g as u32);
-                    out.push(Row {
-                        key,
-                        features,
-                        group: None,
-                    });
-                }
-            }
-            Ok(out)
-        }
-    }
 }
 
 #[cfg(test)]
@@ -182,8 +122,7 @@ mod tests {
         assert_eq!((l.row_width(0), l.row_width(1)), (1, 2));
         assert_eq!(l.count_slot(0), None);
         assert_eq!(l.feature_slot(1, 1, 0), 1);
-        let rows = vec![Row::new(vec![1], vec![5, 6])];
-        assert_eq!(l.expand(1, rows.clone()).unwrap(), rows);
+        assert_eq!(l.dummy_row(1, Some(0)), vec![0, 0]);
     }
 
     #[test]
@@ -193,33 +132,9 @@ mod tests {
         assert_eq!((l.row_width(0), l.row_width(1)), (2, 6));
         assert_eq!(l.count_slot(1), Some((1, 3)));
         assert_eq!(l.feature_slot(1, 1, 1), 5);
-        let b = l
-            .expand(
-                1,
-                vec![Row {
-                    key: vec![9],
-                    features: vec![7, 8],
-                    group: Some(1),
-                }],
-            )
-            .unwrap();
-        assert_eq!(b.len(), 1);
-        assert_eq!(b[0].features, vec![0, 0, 0, 1, 7, 8]);
-        assert_eq!(b[0].key, vec![9, crate::keys::TAG_GROUP, 0, 0, 0, 1]);
-        // The other party sends every key once per group.
-        let a = l.expand(0, vec![Row::new(vec![9], vec![4])]).unwrap();
-        assert_eq!(a.len(), 2);
-        assert_eq!(a[1].features, vec![0, 4]);
-        assert_eq!(a[1].key, b[0].key);
+        assert_eq!(l.feature_slot(0, 0, 1), 1);
         assert_eq!(l.dummy_row(1, Some(0)), vec![1, 0, 0, 0, 0, 0]);
         assert_eq!(l.dummy_row(0, Some(0)), vec![0, 0]);
-        // Groups must be present exactly at the grouping party.
-        assert!(l.expand(1, vec![Row::new(vec![1], vec![1, 1])]).is_err());
-        let mut bad = Row::new(vec![1], vec![1]);
-        bad.group = Some(0);
-        assert!(l.expand(0, vec![bad]).is_err());
-        let mut out_of_range = Row::new(vec![1], vec![1, 1]);
-        out_of_range.group = Some(2);
-        assert!(l.expand(1, vec![out_of_range]).is_err());
+        assert_eq!(l.dummy_row(1, None), vec![0; 6]);
     }
 }

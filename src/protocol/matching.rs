@@ -1,4 +1,8 @@
 //! Step 4: the coordinator finds the points present in every final list.
+//!
+//! Memory is bounded and allocated up front: one hash table over the
+//! shortest list (its points borrowed, not copied), sized to that list, and
+//! one `u32` per row of it for each other list. No allocation per point.
 
 use std::collections::HashMap;
 
@@ -14,8 +18,12 @@ pub struct Matches {
     pub positions: Vec<Vec<u64>>,
 }
 
+const NONE: u32 = u32::MAX;
+
 /// Intersects the final (fully blinded, possibly truncated) lists. `names`
-/// labels errors; `point_len` is the width of each point in bytes.
+/// labels errors; `point_len` is the width of each point in bytes. A point
+/// repeated in the indexed list, or matched twice from another list, is an
+/// error naming the list.
 pub fn match_lists(
     lists: &[&[u8]],
     point_len: usize,
@@ -23,45 +31,48 @@ pub fn match_lists(
 ) -> Result<Matches, ProtocolError> {
     let n = lists.len();
     for (i, l) in lists.iter().enumerate() {
-        if point_len == 0 || l.len() % point_len != 0 {
+        if point_len == 0
+            || !l.len().is_multiple_of(point_len)
+            || l.len() / point_len >= NONE as usize
+        {
             return Err(ProtocolError::Violation(format!(
-                "final list of {} is not a whole number of {point_len}-byte points",
+                "final list of {} is not a whole number of {point_len}-byte points (or too long)",
                 names[i]
             )));
         }
     }
     // Index the shortest list; probe the others against it.
     let base = (0..n).min_by_key(|&i| lists[i].len()).unwrap_or(0);
-    let mut index: HashMap<&[u8], Vec<Option<u64>>> =
-        HashMap::with_capacity(lists[base].len() / point_len);
+    let base_len = lists[base].len() / point_len;
+    let mut index: HashMap<&[u8], u32> = HashMap::with_capacity(base_len);
     for (j, p) in lists[base].chunks_exact(point_len).enumerate() {
-        let mut slots = vec![None; n];
-        slots[base] = Some(j as u64);
-        if index.insert(p, slots).is_some() {
+        if index.insert(p, j as u32).is_some() {
             return Err(ProtocolError::RepeatedPoint(names[base].to_string()));
         }
     }
-    for (i, l) in lists.iter().enumerate() {
-        if i == base {
-            continue;
-        }
-        let mut seen = std::collections::HashSet::with_capacity(l.len() / point_len);
-        for (j, p) in l.chunks_exact(point_len).enumerate() {
-            if !seen.insert(p) {
-                return Err(ProtocolError::RepeatedPoint(names[i].to_string()));
-            }
-            if let Some(slots) = index.get_mut(p) {
-                slots[i] = Some(j as u64);
+    // found[k][j]: position in the k-th other list of base row j.
+    let others: Vec<usize> = (0..n).filter(|&i| i != base).collect();
+    let mut found = vec![vec![NONE; base_len]; others.len()];
+    for (k, &i) in others.iter().enumerate() {
+        for (j, p) in lists[i].chunks_exact(point_len).enumerate() {
+            if let Some(&b) = index.get(p) {
+                let slot = &mut found[k][b as usize];
+                if *slot != NONE {
+                    return Err(ProtocolError::RepeatedPoint(names[i].to_string()));
+                }
+                *slot = j as u32;
             }
         }
     }
+    drop(index);
     let mut positions = vec![Vec::new(); n];
     let mut count = 0;
-    for slots in index.values() {
-        if slots.iter().all(Option::is_some) {
+    for j in 0..base_len {
+        if found.iter().all(|f| f[j] != NONE) {
             count += 1;
-            for (i, s) in slots.iter().enumerate() {
-                positions[i].push(s.expect("checked above"));
+            positions[base].push(j as u64);
+            for (k, &i) in others.iter().enumerate() {
+                positions[i].push(found[k][j] as u64);
             }
         }
     }
@@ -84,12 +95,25 @@ mod tests {
         assert_eq!(m.count, 2);
         assert_eq!(m.positions, vec![vec![1, 3], vec![0, 2], vec![0, 1]]);
         assert!(matches!(
-            match_lists(&[&[1u8, 1], &[1u8]], 1, &["a", "b"]),
+            match_lists(&[&[1u8, 1], &[1u8, 2]], 1, &["a", "b"]),
             Err(ProtocolError::RepeatedPoint(p)) if p == "a"
         ));
+        // A repeat in a probed list only matters when it matches.
+        assert!(matches!(
+            match_lists(&[&[1u8, 2], &[1u8, 1, 3]], 1, &["a", "b"]),
+            Err(ProtocolError::RepeatedPoint(p)) if p == "b"
+        ));
+        assert_eq!(
+            match_lists(&[&[1u8, 2], &[7u8, 7, 1]], 1, &["a", "b"])
+                .unwrap()
+                .count,
+            1
+        );
         assert!(matches!(
             match_lists(&[&[1u8, 2, 3], &[1u8, 2]], 2, &["a", "b"]),
             Err(ProtocolError::Violation(_))
         ));
+        let empty = match_lists(&[&[], &[1u8]], 1, &["a", "b"]).unwrap();
+        assert_eq!(empty.count, 0);
     }
 }

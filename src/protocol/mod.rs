@@ -21,6 +21,7 @@ use crate::share::ShareError;
 
 pub mod aggregate;
 pub mod group;
+pub mod local;
 pub mod matching;
 pub mod node;
 pub mod ring;
@@ -31,8 +32,9 @@ pub use aggregate::{
 };
 pub use group::Layout;
 pub use matching::{Matches, match_lists};
-pub use node::{MaskShare, NodeSession, PeerKeys, PreparedList};
-pub use simulate::{Inbound, SimulationOutcome, Transcript, simulate};
+pub use local::{ListBuilder, RowBatch, ShuffledList};
+pub use node::{MaskShare, MaskedList, NodeSession, PeerKeys, PreparedList};
+pub use simulate::{Inbound, SimulationOutcome, Transcript, simulate, simulate_streaming};
 
 /// Most rows a list may have, padding and dummies included. Every size a
 /// peer declares is checked against it before anything is allocated or

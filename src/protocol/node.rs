@@ -5,17 +5,16 @@
 //! seeds, sealing keys), all derived fresh for one `sid` and dropped (zeroized)
 //! with the session. It performs no I/O: the gRPC service feeds it messages.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use rand::CryptoRng;
-use rand::seq::SliceRandom;
 
+use super::local::{ListBuilder, RowBatch};
 use super::{
     Layout, MAX_LIST_ROWS, MaskSumRequest, ProtocolError, Release, ReleaseRow, ReleasedValue, Row,
     party_index, ring,
 };
 use crate::analysis::{Aggregate, Analysis, AnalysisHash};
-use crate::keys::TAG_DUMMY;
 use crate::psi::{BlindingKey, HashToGroup, POINT_LEN, TRUNCATED_LEN};
 use crate::session::SessionId;
 use crate::share::{self, IdentityKey, IdentityPublic, MaskSeed, PairwiseSecret, SealKey};
@@ -29,8 +28,17 @@ pub type PeerKeys = BTreeMap<String, IdentityPublic>;
 pub struct PreparedList {
     /// `len * 32` bytes of compressed points.
     pub points: Vec<u8>,
-    /// `len * width` masked feature values.
-    pub masked: Vec<u64>,
+    /// The masked values, layout and dummies: what the coordinator keeps
+    /// once the points have gone around the ring.
+    pub masked: MaskedList,
+}
+
+/// What the coordinator keeps of a list: its masked values (it sums them
+/// once the matched positions are known) and, under DP, its dummies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaskedList {
+    /// `len * width` masked values.
+    pub values: Vec<u64>,
     /// Masked values per row ([`Layout::row_width`]).
     pub width: usize,
     /// Rows, including padding.
@@ -56,14 +64,14 @@ pub use super::aggregate::Delivery;
 
 /// One node's state for one session.
 pub struct NodeSession {
-    analysis: Analysis,
+    pub(super) analysis: Analysis,
     hash: AnalysisHash,
     sid: SessionId,
-    me: usize,
-    layout: Layout,
-    blinding: BlindingKey,
-    hasher: HashToGroup,
-    own_seed: MaskSeed,
+    pub(super) me: usize,
+    pub(super) layout: Layout,
+    pub(super) blinding: BlindingKey,
+    pub(super) hasher: HashToGroup,
+    pub(super) own_seed: MaskSeed,
     pred_seed: MaskSeed,
     seal: Option<SealKey>,
     open_keys: Vec<Option<SealKey>>,
@@ -160,110 +168,30 @@ impl NodeSession {
         self.me
     }
 
-    fn name(&self, i: usize) -> &str {
+    pub(super) fn name(&self, i: usize) -> &str {
         &self.analysis.parties[i].name
     }
 
-    /// Step 2: checks the local rows (one per key, right width, sums that fit
-    /// in i64), clamps features to their DP bounds, lays rows out by group
-    /// ([`Layout::expand`]), pads with dummy rows (random keys) for
+    /// Step 2, streaming: a builder that takes the local rows batch by
+    /// batch (see [`super::local`]).
+    pub fn list_builder(&self) -> ListBuilder<'_> {
+        ListBuilder::new(self)
+    }
+
+    /// Step 2 in one go: checks the local rows (one per key, right width,
+    /// sums that fit in i64), clamps features to their DP bounds, lays rows
+    /// out by group, pads with dummy rows (random keys) for
     /// `pad_to_multiple` and under DP, shuffles, blinds the keys and masks
-    /// the features.
+    /// the features. The same as streaming them through
+    /// [`NodeSession::list_builder`] in one batch.
     pub fn prepare<R: CryptoRng + ?Sized>(
         &self,
-        mut rows: Vec<Row>,
+        rows: Vec<Row>,
         rng: &mut R,
     ) -> Result<PreparedList, ProtocolError> {
-        let me = self.name(self.me).to_string();
-        let columns = self.analysis.features(&me);
-        let width = columns.len();
-        let bounds: Vec<u64> = columns
-            .iter()
-            .map(|c| self.analysis.bound(&me, c).unwrap_or(u64::MAX))
-            .collect();
-        let mut seen = HashSet::with_capacity(rows.len());
-        let mut totals = vec![0u128; width];
-        for r in &mut rows {
-            if r.features.len() != width {
-                return Err(ProtocolError::WidthMismatch {
-                    party: me,
-                    expected: width,
-                    got: r.features.len(),
-                });
-            }
-            if !seen.insert(r.key.as_slice()) {
-                return Err(ProtocolError::DuplicateKey { party: me });
-            }
-            for ((f, b), t) in r.features.iter_mut().zip(&bounds).zip(&mut totals) {
-                *f = (*f).min(*b);
-                *t += *f as u128;
-            }
-        }
-        if let Some(c) = totals.iter().position(|&t| t >= 1u128 << 63) {
-            return Err(ProtocolError::SumTooLarge {
-                party: me,
-                column: columns[c].clone(),
-            });
-        }
-        drop(seen);
-        let too_long = || ProtocolError::ListTooLong { party: me.clone() };
-        if (rows.len() as u64).saturating_mul(self.layout.groups() as u64) > MAX_LIST_ROWS {
-            return Err(too_long());
-        }
-        let rows = self.layout.expand(self.me, rows)?;
-        let width = self.layout.row_width(self.me);
-        // Padding dummies hide the list size up to the bucket; DP dummies
-        // (step 7) let the coordinator hide the match count from unmaskers.
-        let real = rows.len() as u64;
-        let padded = match self.analysis.privacy.pad_to_multiple {
-            Some(m) => real.div_ceil(m).max(1) * m,
-            None => real,
-        };
-        let dp_rows = self.analysis.dp_dummy_rows();
-        let block = dp_rows / self.layout.groups() as u64;
-        let total = padded + dp_rows;
-        if total > MAX_LIST_ROWS {
-            return Err(too_long());
-        }
-        let mut order: Vec<u64> = (0..total).collect();
-        order.shuffle(rng);
-        let mut slots: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
-        let mut blocks = vec![Vec::new(); self.layout.groups()];
-        let rows: Vec<Row> = order
-            .iter()
-            .enumerate()
-            .map(|(pos, &src)| {
-                if src < real {
-                    return slots[src as usize].take().expect("each row is placed once");
-                }
-                let group = (src >= padded).then(|| ((src - padded) / block) as usize);
-                if let Some(g) = group {
-                    blocks[g].push(pos as u64);
-                }
-                let mut key = vec![0u8; 33];
-                key[0] = TAG_DUMMY;
-                rng.fill_bytes(&mut key[1..]);
-                Row {
-                    key,
-                    features: self.layout.dummy_row(self.me, group),
-                    group: None,
-                }
-            })
-            .collect();
-        let keys: Vec<&[u8]> = rows.iter().map(|r| r.key.as_slice()).collect();
-        let points = self.blinding.blind_keys(&self.hasher, &keys);
-        let mut masked: Vec<u64> = rows
-            .iter()
-            .flat_map(|r| r.features.iter().copied())
-            .collect();
-        self.own_seed.mask_rows(&mut masked, width);
-        Ok(PreparedList {
-            points,
-            masked,
-            width,
-            len: rows.len() as u64,
-            dummies: blocks.concat(),
-        })
+        let mut b = self.list_builder();
+        b.push(&RowBatch::from_rows(&rows))?;
+        Ok(b.finish(rng)?.into_prepared())
     }
 
     /// Step 3: re-blinds a chunk of `owner`'s list. The last party on the

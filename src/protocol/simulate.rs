@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use rand::CryptoRng;
 
 use super::{
-    Delivery, MaskShare, MaskSumRequest, NodeSession, PeerKeys, PreparedList, ProtocolError,
-    Release, Row, party_index, plan_release, ring,
+    Delivery, MaskShare, MaskSumRequest, MaskedList, NodeSession, PeerKeys, PreparedList,
+    ProtocolError, Release, Row, RowBatch, party_index, plan_release, ring,
 };
+use crate::psi::POINT_LEN;
 use crate::analysis::Analysis;
 use crate::session::SessionId;
 use crate::share::IdentityKey;
@@ -59,12 +60,28 @@ pub struct SimulationOutcome {
 }
 
 /// Runs steps 2–7 for all parties of `analysis` on `inputs` (rows per party
-/// name, features in [`Analysis::features`] order).
+/// name, features in [`Analysis::features`] order), in one batch and one
+/// chunk per list.
 pub fn simulate<R: CryptoRng + ?Sized>(
     analysis: &Analysis,
     inputs: &BTreeMap<String, Vec<Row>>,
     rng: &mut R,
 ) -> Result<SimulationOutcome, ProtocolError> {
+    simulate_streaming(analysis, inputs, usize::MAX, usize::MAX, rng)
+}
+
+/// [`simulate`] as the gRPC run does it: every party's rows go into its
+/// list builder in batches of `batch` rows, and every list travels — out of
+/// the local step and through each hop of the ring — in chunks of `chunk`
+/// points, each hop re-blinding chunk by chunk.
+pub fn simulate_streaming<R: CryptoRng + ?Sized>(
+    analysis: &Analysis,
+    inputs: &BTreeMap<String, Vec<Row>>,
+    batch: usize,
+    chunk: usize,
+    rng: &mut R,
+) -> Result<SimulationOutcome, ProtocolError> {
+    let (batch, chunk) = (batch.max(1), chunk.max(1));
     let n = analysis.parties.len();
     let names = analysis.party_names();
     let sid = SessionId::random(rng);
@@ -84,32 +101,57 @@ pub fn simulate<R: CryptoRng + ?Sized>(
         ..Transcript::default()
     };
 
-    // Step 2: local step.
+    // Step 2: the local step, batch by batch into each builder, then the
+    // shuffled list chunk by chunk.
+    let mut shuffled = Vec::with_capacity(n);
     for (i, node) in nodes.iter().enumerate() {
         let rows = inputs
             .get(names[i])
-            .cloned()
             .ok_or_else(|| ProtocolError::UnknownParty(names[i].to_string()))?;
-        t.lists.push(node.prepare(rows, rng)?);
-    }
-    // Step 3: the blinding ring.
-    for (owner, list) in t.lists.iter().enumerate() {
-        let mut points = list.points.clone();
-        for hop in ring::route(owner, n) {
-            t.received[hop].push(Inbound::Reblind {
-                owner,
-                points: points.clone(),
-            });
-            points = nodes[hop].reblind(owner, &points)?;
+        let mut b = node.list_builder();
+        for part in rows.chunks(batch) {
+            b.push(&RowBatch::from_rows(part))?;
         }
-        t.finals.push(points);
+        shuffled.push(b.finish(rng)?);
     }
+    // Step 3: the blinding ring, chunk by chunk through every hop.
+    for (owner, list) in shuffled.iter().enumerate() {
+        let mut prepared = PreparedList {
+            points: Vec::new(),
+            masked: MaskedList {
+                width: list.width(),
+                len: list.len(),
+                dummies: list.dummies().to_vec(),
+                values: Vec::new(),
+            },
+        };
+        let mut finals = Vec::new();
+        let mut start = 0;
+        while start < list.len() {
+            let (mut points, masked) = list.chunk(start, chunk);
+            start += (points.len() / POINT_LEN) as u64;
+            prepared.points.extend_from_slice(&points);
+            prepared.masked.values.extend_from_slice(&masked);
+            for hop in ring::route(owner, n) {
+                t.received[hop].push(Inbound::Reblind {
+                    owner,
+                    points: points.clone(),
+                });
+                points = nodes[hop].reblind(owner, &points)?;
+            }
+            finals.extend_from_slice(&points);
+        }
+        t.lists.push(prepared);
+        t.finals.push(finals);
+    }
+    drop(shuffled);
     // Steps 4–7 on the coordinator: match, DP dummies, sums, noise, pads.
-    let plan = plan_release(analysis, &t.lists, &t.finals, rng)?;
+    let kept: Vec<MaskedList> = t.lists.iter().map(|l| l.masked.clone()).collect();
+    let plan = plan_release(analysis, &kept, &t.finals, rng)?;
     // Mask sums (only once the coordinator has decided to release), then
     // unmasking at the recipient.
     t.sealed = vec![None; n];
-    for (owner, list) in t.lists.iter().enumerate() {
+    for (owner, list) in kept.iter().enumerate() {
         if list.width == 0 {
             continue;
         }

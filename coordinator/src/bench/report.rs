@@ -1,0 +1,339 @@
+//! The benchmark's outputs: `results.csv` (one row per run, phase and
+//! process) and two SVG plots (plotters): time against keys per party with
+//! the crypto bound dashed, and peak memory per input row.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+
+/// What one process did in one phase (or in the whole run).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProcPhase {
+    /// `coordinator`, `bank-a`, …
+    pub process: String,
+    /// CPU seconds.
+    pub cpu: f64,
+    /// Peak resident set, bytes.
+    pub peak_rss: u64,
+}
+
+/// One phase of a run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PhaseResult {
+    /// Phase name, or `total`.
+    pub phase: String,
+    /// Wall seconds.
+    pub wall: f64,
+    /// Per process.
+    pub procs: Vec<ProcPhase>,
+}
+
+/// One benchmark run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunResult {
+    /// The CPU model and vector extensions.
+    pub cpu: String,
+    /// Matching protocol.
+    pub protocol: String,
+    /// Parties.
+    pub parties: usize,
+    /// Keys per party.
+    pub keys: u64,
+    /// Share of keys common to all parties.
+    pub overlap: f64,
+    /// Phases, then the `total`.
+    pub phases: Vec<PhaseResult>,
+    /// Bytes each node sent to / received from the coordinator.
+    pub traffic: Vec<(String, u64, u64)>,
+    /// The crypto bound, seconds.
+    pub bound: f64,
+    /// A peer's time on the same keys (name, seconds), if run.
+    pub peer: Option<(String, f64)>,
+}
+
+impl RunResult {
+    /// Wall seconds of the whole run.
+    pub fn wall(&self) -> f64 {
+        self.phases
+            .iter()
+            .find(|p| p.phase == "total")
+            .map_or(0.0, |p| p.wall)
+    }
+
+    /// Peak RSS per input row of the largest node, and of the coordinator
+    /// (per input row of all banks together).
+    pub fn rss_per_row(&self) -> (f64, f64) {
+        let total = self.phases.iter().find(|p| p.phase == "total");
+        let peak = |node: bool| {
+            total
+                .into_iter()
+                .flat_map(|p| &p.procs)
+                .filter(|p| (p.process == "coordinator") != node)
+                .map(|p| p.peak_rss)
+                .max()
+                .unwrap_or(0) as f64
+        };
+        (
+            peak(true) / self.keys as f64,
+            peak(false) / (self.keys as f64 * self.parties as f64),
+        )
+    }
+}
+
+/// The CSV's columns.
+pub const COLUMNS: [&str; 18] = [
+    "cpu",
+    "protocol",
+    "parties",
+    "keys_per_party",
+    "overlap",
+    "phase",
+    "process",
+    "wall_s",
+    "cpu_s",
+    "peak_rss_bytes",
+    "rss_bytes_per_row",
+    "bytes_sent",
+    "bytes_received",
+    "bound_s",
+    "measured_over_bound",
+    "peer",
+    "peer_s",
+    "peer_over_measured",
+];
+
+/// Writes `results.csv`.
+pub fn write_csv(path: &Path, runs: &[RunResult]) -> Result<()> {
+    let mut s = COLUMNS.join(",");
+    s.push('\n');
+    for r in runs {
+        for ph in &r.phases {
+            let total = ph.phase == "total";
+            for p in &ph.procs {
+                let node = p.process != "coordinator";
+                let rows = if node {
+                    r.keys as f64
+                } else {
+                    r.keys as f64 * r.parties as f64
+                };
+                let (sent, received) = if !total {
+                    (String::new(), String::new())
+                } else if node {
+                    r.traffic
+                        .iter()
+                        .find(|t| t.0 == p.process)
+                        .map_or((String::new(), String::new()), |t| {
+                            (t.2.to_string(), t.1.to_string())
+                        })
+                } else {
+                    let (a, b) = r
+                        .traffic
+                        .iter()
+                        .fold((0, 0), |(a, b), t| (a + t.1, b + t.2));
+                    (a.to_string(), b.to_string())
+                };
+                let (bound, ratio, peer, peer_s, peer_ratio) = if total {
+                    let (peer, peer_s, peer_ratio) = match &r.peer {
+                        Some((n, t)) => (n.clone(), format!("{t:.3}"), format!("{:.3}", t / r.wall())),
+                        None => Default::default(),
+                    };
+                    (
+                        format!("{:.3}", r.bound),
+                        format!("{:.3}", ph.wall / r.bound),
+                        peer,
+                        peer_s,
+                        peer_ratio,
+                    )
+                } else {
+                    Default::default()
+                };
+                let _ = writeln!(
+                    s,
+                    "{},{},{},{},{},{},{},{:.3},{:.3},{},{:.1},{},{},{},{},{},{},{}",
+                    csv(&r.cpu),
+                    r.protocol,
+                    r.parties,
+                    r.keys,
+                    r.overlap,
+                    ph.phase,
+                    p.process,
+                    ph.wall,
+                    p.cpu,
+                    p.peak_rss,
+                    p.peak_rss as f64 / rows,
+                    sent,
+                    received,
+                    bound,
+                    ratio,
+                    peer,
+                    peer_s,
+                    peer_ratio
+                );
+            }
+        }
+    }
+    std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
+}
+
+fn csv(s: &str) -> String {
+    if s.contains(',') || s.contains('"') {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+const COLORS: [RGBColor; 4] = [BLUE, RED, GREEN, MAGENTA];
+
+/// Series of (keys, value) per party count (and protocol).
+fn series(runs: &[RunResult], f: impl Fn(&RunResult) -> f64) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut keys: Vec<(String, usize)> = runs
+        .iter()
+        .map(|r| (r.protocol.clone(), r.parties))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .map(|(proto, p)| {
+            let mut pts: Vec<(f64, f64)> = runs
+                .iter()
+                .filter(|r| r.parties == p && r.protocol == proto)
+                .map(|r| (r.keys as f64, f(r).max(1e-6)))
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            (format!("{proto}, {p} parties"), pts)
+        })
+        .collect()
+}
+
+fn range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+    let (lo, hi) = values.fold((f64::INFINITY, 0.0f64), |(l, h), v| (l.min(v), h.max(v)));
+    let lo = if lo.is_finite() { lo } else { 1.0 };
+    (lo / 2.0)..(hi.max(lo) * 2.0)
+}
+
+/// Draws `time.svg` (wall time and crypto bound against keys per party) and
+/// `memory.svg` (peak RSS per input row against keys per party).
+pub fn plot(dir: &Path, runs: &[RunResult]) -> Result<()> {
+    let err = |e: String| anyhow::anyhow!("plotting: {e}");
+    let xs = range(runs.iter().map(|r| r.keys as f64));
+    {
+        let measured = series(runs, RunResult::wall);
+        let bound = series(runs, |r| r.bound);
+        let ys = range(
+            measured
+                .iter()
+                .chain(&bound)
+                .flat_map(|(_, p)| p.iter().map(|v| v.1)),
+        );
+        let path = dir.join("time.svg");
+        let root = SVGBackend::new(&path, (900, 600)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("end-to-end time (solid) and crypto bound (dashed)", ("sans-serif", 22))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(xs.clone().log_scale(), ys.log_scale())
+            .map_err(|e| err(e.to_string()))?;
+        chart
+            .configure_mesh()
+            .x_desc("keys per party")
+            .y_desc("seconds")
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        for (i, ((name, pts), (_, bpts))) in measured.iter().zip(&bound).enumerate() {
+            let c = COLORS[i % COLORS.len()];
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+                .map_err(|e| err(e.to_string()))?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+            chart
+                .draw_series(DashedLineSeries::new(bpts.iter().copied(), 6, 4, c.into()))
+                .map_err(|e| err(e.to_string()))?;
+        }
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    {
+        let nodes = series(runs, |r| r.rss_per_row().0);
+        let coord = series(runs, |r| r.rss_per_row().1);
+        let ys = range(
+            nodes
+                .iter()
+                .chain(&coord)
+                .flat_map(|(_, p)| p.iter().map(|v| v.1)),
+        );
+        let path = dir.join("memory.svg");
+        let root = SVGBackend::new(&path, (900, 600)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "peak RSS per input row: largest node (solid), coordinator (dashed)",
+                ("sans-serif", 22),
+            )
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(xs.log_scale(), ys.log_scale())
+            .map_err(|e| err(e.to_string()))?;
+        chart
+            .configure_mesh()
+            .x_desc("keys per party")
+            .y_desc("bytes per row")
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        for (i, ((name, pts), (_, cpts))) in nodes.iter().zip(&coord).enumerate() {
+            let c = COLORS[i % COLORS.len()];
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+                .map_err(|e| err(e.to_string()))?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+            chart
+                .draw_series(DashedLineSeries::new(cpts.iter().copied(), 6, 4, c.into()))
+                .map_err(|e| err(e.to_string()))?;
+        }
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// A Markdown table of the runs (for the README).
+pub fn markdown(runs: &[RunResult]) -> String {
+    let mut s = String::from(
+        "| protocol | parties | keys per party | wall s | bound s | measured/bound | node peak RSS B/row | coordinator B/row | bytes per node (sent+received) |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in runs {
+        let (n, c) = r.rss_per_row();
+        let bytes = r.traffic.iter().map(|t| t.1 + t.2).max().unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {} |",
+            r.protocol,
+            r.parties,
+            super::data::label(r.keys),
+            r.wall(),
+            r.bound,
+            r.wall() / r.bound,
+            n,
+            c,
+            bytes
+        );
+    }
+    s
+}

@@ -1,0 +1,57 @@
+//! Smoke test of `cleanroom-coordinator bench` at 1k keys: real node
+//! processes, the CSV's columns and rows, and both plots written.
+
+use std::process::Command;
+
+use cleanroom_coordinator::bench::report::COLUMNS;
+
+#[test]
+fn bench_writes_csv_and_plots() {
+    let bin = env!("CARGO_BIN_EXE_cleanroom-coordinator");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("bench");
+    let run = Command::new(bin)
+        .args(["bench", "--keys", "1k,2k", "--parties", "2", "--bound-sample", "1024", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "bench failed:\n{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next().unwrap(), COLUMNS.join(","));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let col = |name: &str| COLUMNS.iter().position(|c| *c == name).unwrap();
+    // Every phase of both runs, for the coordinator and both nodes, plus totals.
+    for keys in ["1000", "2000"] {
+        for phase in ["setup", "stream", "match", "release", "finish", "total"] {
+            for process in ["coordinator", "bank-a", "bank-b"] {
+                assert!(
+                    rows.iter().any(|r| r[col("keys_per_party")] == keys
+                        && r[col("phase")] == phase
+                        && r[col("process")] == process),
+                    "no row for {keys} keys, {phase}, {process}:\n{csv}"
+                );
+            }
+        }
+    }
+    for r in rows.iter().filter(|r| r[col("phase")] == "total") {
+        let wall: f64 = r[col("wall_s")].parse().unwrap();
+        let bound: f64 = r[col("bound_s")].parse().unwrap();
+        let ratio: f64 = r[col("measured_over_bound")].parse().unwrap();
+        assert!(wall > 0.0 && bound > 0.0 && (ratio - wall / bound).abs() < 0.01 * ratio + 0.01);
+        assert!(r[col("peak_rss_bytes")].parse::<u64>().unwrap() > 1 << 20);
+        assert!(r[col("bytes_sent")].parse::<u64>().unwrap() > 0);
+        assert!(r[col("bytes_received")].parse::<u64>().unwrap() > 0);
+    }
+    for svg in ["time.svg", "memory.svg"] {
+        let text = std::fs::read_to_string(out.join(svg)).unwrap();
+        assert!(text.starts_with("<svg") && text.contains("keys per party"), "{svg}");
+    }
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("| ecdh-ring | 2 | 1k |"), "{md}");
+}

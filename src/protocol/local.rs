@@ -1,0 +1,384 @@
+//! Step 2, the local step, streaming: rows arrive in batches (as the query
+//! engine produces them), are checked, clamped and blinded batch by batch on
+//! all cores, and kept compactly (32-byte points, raw features); the list is
+//! then padded, shuffled and masked position by position as it is sent out,
+//! in chunks. Nothing is allocated per row.
+//!
+//! Memory per key of the node's own list: `32·copies` bytes of points, `8·w`
+//! bytes of features and 4 bytes of permutation (`copies` is the number of
+//! groups for a non-grouping party of a grouped analysis, else 1).
+
+use rand::CryptoRng;
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+
+use super::{Layout, MAX_LIST_ROWS, NodeSession, PreparedList, ProtocolError, Row};
+use crate::keys::{TAG_DUMMY, append_group};
+use crate::psi::POINT_LEN;
+use crate::share::MaskSeed;
+
+/// A batch of a party's local rows in flat buffers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RowBatch {
+    /// Canonical key encodings (see [`crate::keys`]), concatenated.
+    pub keys: Vec<u8>,
+    /// End offset in `keys` of each row's key.
+    pub ends: Vec<usize>,
+    /// Features, [`crate::analysis::Analysis::features`] order, `w` per row.
+    pub features: Vec<u64>,
+    /// The group of each row (grouping party of a grouped analysis only).
+    pub groups: Option<Vec<u32>>,
+}
+
+impl RowBatch {
+    /// Rows in the batch.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether the batch has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The key of row `r`.
+    pub fn key(&self, r: usize) -> &[u8] {
+        let start = if r == 0 { 0 } else { self.ends[r - 1] };
+        &self.keys[start..self.ends[r]]
+    }
+
+    /// Appends one row.
+    pub fn push(&mut self, key: &[u8], features: &[u64], group: Option<u32>) {
+        self.keys.extend_from_slice(key);
+        self.ends.push(self.keys.len());
+        self.features.extend_from_slice(features);
+        if let Some(g) = group {
+            self.groups.get_or_insert_with(Vec::new).push(g);
+        }
+    }
+
+    /// The batch of some rows (tests, the in-memory run).
+    pub fn from_rows(rows: &[Row]) -> Self {
+        let mut b = RowBatch::default();
+        for r in rows {
+            b.push(&r.key, &r.features, r.group);
+        }
+        b
+    }
+}
+
+/// Collects a node's own list batch by batch (step 2, before shuffling).
+pub struct ListBuilder<'s> {
+    session: &'s NodeSession,
+    party: String,
+    columns: Vec<String>,
+    bounds: Vec<u64>,
+    /// Copies of each key (groups, for a non-grouping party of a grouped
+    /// analysis; else 1).
+    copies: usize,
+    grouping: bool,
+    points: Vec<u8>,
+    features: Vec<u64>,
+    groups: Vec<u32>,
+    totals: Vec<u128>,
+    keys: usize,
+}
+
+impl std::fmt::Debug for ListBuilder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListBuilder")
+            .field("party", &self.party)
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'s> ListBuilder<'s> {
+    pub(super) fn new(session: &'s NodeSession) -> Self {
+        let party = session.name(session.me).to_string();
+        let columns = session.analysis.features(&party);
+        let bounds = columns
+            .iter()
+            .map(|c| session.analysis.bound(&party, c).unwrap_or(u64::MAX))
+            .collect();
+        let layout = &session.layout;
+        let grouping = layout.count_slot(0).is_some_and(|(p, _)| p == session.me);
+        let copies = if layout.is_grouped() && !grouping {
+            layout.groups()
+        } else {
+            1
+        };
+        ListBuilder {
+            session,
+            totals: vec![0; columns.len()],
+            party,
+            columns,
+            bounds,
+            copies,
+            grouping,
+            points: Vec::new(),
+            features: Vec::new(),
+            groups: Vec::new(),
+            keys: 0,
+        }
+    }
+
+    /// Keys pushed so far.
+    pub fn keys(&self) -> usize {
+        self.keys
+    }
+
+    /// Checks, clamps and blinds one batch (on all cores).
+    pub fn push(&mut self, batch: &RowBatch) -> Result<(), ProtocolError> {
+        let w = self.columns.len();
+        let n = batch.len();
+        if batch.features.len() != n * w {
+            return Err(ProtocolError::WidthMismatch {
+                party: self.party.clone(),
+                expected: w,
+                got: batch.features.len().checked_div(n).unwrap_or(0),
+            });
+        }
+        let bad_group = || ProtocolError::BadGroup {
+            party: self.party.clone(),
+        };
+        let groups = self.session.layout.groups();
+        match (&batch.groups, self.grouping) {
+            (Some(g), true) if g.len() == n && g.iter().all(|&g| (g as usize) < groups) => {}
+            (None, false) => {}
+            (None, true) if n == 0 => {}
+            _ => return Err(bad_group()),
+        }
+        let total_keys = (self.keys + n) as u64;
+        if total_keys.saturating_mul(self.copies as u64) > MAX_LIST_ROWS {
+            return Err(ProtocolError::ListTooLong {
+                party: self.party.clone(),
+            });
+        }
+        let start = self.features.len();
+        self.features.extend_from_slice(&batch.features);
+        for row in self.features[start..].chunks_exact_mut(w.max(1)) {
+            for ((f, b), t) in row.iter_mut().zip(&self.bounds).zip(&mut self.totals) {
+                *f = (*f).min(*b);
+                *t += *f as u128;
+            }
+        }
+        // The keys as blinded: with a group part when grouped (in one flat
+        // buffer for the batch).
+        let layout = &self.session.layout;
+        let mut tagged = Vec::new();
+        let mut ends = Vec::new();
+        if layout.is_grouped() {
+            tagged.reserve(batch.keys.len() * self.copies + n * self.copies * 5);
+            for r in 0..n {
+                for c in 0..self.copies {
+                    let g = batch.groups.as_ref().map_or(c as u32, |gs| gs[r]);
+                    tagged.extend_from_slice(batch.key(r));
+                    append_group(&mut tagged, g);
+                    ends.push(tagged.len());
+                }
+            }
+        }
+        let slices: Vec<&[u8]> = if layout.is_grouped() {
+            let starts = std::iter::once(0).chain(ends.iter().copied());
+            starts.zip(&ends).map(|(a, &b)| &tagged[a..b]).collect()
+        } else {
+            (0..n).map(|r| batch.key(r)).collect()
+        };
+        self.points.extend_from_slice(
+            &self
+                .session
+                .blinding
+                .blind_keys(&self.session.hasher, &slices),
+        );
+        if let Some(g) = &batch.groups {
+            self.groups.extend_from_slice(g);
+        }
+        self.keys += n;
+        Ok(())
+    }
+
+    /// Ends the list: checks totals and duplicate keys, adds padding and DP
+    /// dummy rows, and draws the shuffle.
+    pub fn finish<R: CryptoRng + ?Sized>(self, rng: &mut R) -> Result<ShuffledList, ProtocolError> {
+        if let Some(c) = self.totals.iter().position(|&t| t >= 1u128 << 63) {
+            return Err(ProtocolError::SumTooLarge {
+                party: self.party,
+                column: self.columns[c].clone(),
+            });
+        }
+        // Equal keys give equal points: sort the keys by (first copy) point.
+        let point = |k: usize| {
+            let at = k * self.copies * POINT_LEN;
+            &self.points[at..at + POINT_LEN]
+        };
+        let mut order: Vec<u32> = (0..self.keys as u32).collect();
+        order.par_sort_unstable_by(|&a, &b| point(a as usize).cmp(point(b as usize)));
+        if order
+            .windows(2)
+            .any(|w| point(w[0] as usize) == point(w[1] as usize))
+        {
+            return Err(ProtocolError::DuplicateKey { party: self.party });
+        }
+        drop(order);
+        let analysis = &self.session.analysis;
+        let real = (self.keys * self.copies) as u64;
+        let padded = match analysis.privacy.pad_to_multiple {
+            Some(m) => real.div_ceil(m).max(1) * m,
+            None => real,
+        };
+        let dp_rows = analysis.dp_dummy_rows();
+        let total = padded + dp_rows;
+        if total > MAX_LIST_ROWS {
+            return Err(ProtocolError::ListTooLong { party: self.party });
+        }
+        // Dummy keys: random, with a tag no real key has.
+        let mut dummy_keys = vec![0u8; ((total - real) * 33) as usize];
+        for k in dummy_keys.chunks_exact_mut(33) {
+            k[0] = TAG_DUMMY;
+            rng.fill_bytes(&mut k[1..]);
+        }
+        let slices: Vec<&[u8]> = dummy_keys.chunks_exact(33).collect();
+        let mut points = self.points;
+        points.extend_from_slice(
+            &self
+                .session
+                .blinding
+                .blind_keys(&self.session.hasher, &slices),
+        );
+        let mut perm: Vec<u32> = (0..total as u32).collect();
+        perm.shuffle(rng);
+        let groups = self.session.layout.groups() as u64;
+        let block = dp_rows / groups;
+        let mut blocks = vec![Vec::new(); groups as usize];
+        for (pos, &src) in perm.iter().enumerate() {
+            let src = src as u64;
+            if src >= padded {
+                blocks[((src - padded) / block) as usize].push(pos as u64);
+            }
+        }
+        Ok(ShuffledList {
+            seed: self.session.own_seed.clone(),
+            layout: self.session.layout.clone(),
+            me: self.session.me,
+            width: self.session.layout.row_width(self.session.me),
+            w: self.columns.len(),
+            copies: self.copies,
+            grouping: self.grouping,
+            points,
+            features: self.features,
+            groups: self.groups,
+            perm,
+            real,
+            padded,
+            block,
+            dummies: blocks.concat(),
+        })
+    }
+}
+
+/// A node's own list after the shuffle, ready to be sent chunk by chunk.
+/// Holds the list's mask seed (zeroized when dropped).
+pub struct ShuffledList {
+    seed: MaskSeed,
+    layout: Layout,
+    me: usize,
+    width: usize,
+    w: usize,
+    copies: usize,
+    grouping: bool,
+    points: Vec<u8>,
+    features: Vec<u64>,
+    groups: Vec<u32>,
+    perm: Vec<u32>,
+    real: u64,
+    padded: u64,
+    block: u64,
+    dummies: Vec<u64>,
+}
+
+impl std::fmt::Debug for ShuffledList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShuffledList")
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShuffledList {
+    /// Rows, padding and dummies included.
+    pub fn len(&self) -> u64 {
+        self.perm.len() as u64
+    }
+
+    /// Whether the list has no rows at all.
+    pub fn is_empty(&self) -> bool {
+        self.perm.is_empty()
+    }
+
+    /// Masked values per row.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Positions of the DP dummy rows, in blocks per group.
+    pub fn dummies(&self) -> &[u64] {
+        &self.dummies
+    }
+
+    /// The points (`32` bytes each) and masked values (`width` each) of
+    /// positions `start..start + count` (clipped to the list).
+    pub fn chunk(&self, start: u64, count: usize) -> (Vec<u8>, Vec<u64>) {
+        let end = start.saturating_add(count as u64).min(self.len());
+        let start = start.min(end);
+        let rows = (end - start) as usize;
+        let mut points = Vec::with_capacity(rows * POINT_LEN);
+        let mut masked = vec![0u64; rows * self.width];
+        for (i, pos) in (start..end).enumerate() {
+            let src = self.perm[pos as usize] as u64;
+            let at = src as usize * POINT_LEN;
+            points.extend_from_slice(&self.points[at..at + POINT_LEN]);
+            let row = &mut masked[i * self.width..(i + 1) * self.width];
+            self.fill(src, row);
+        }
+        self.seed.mask_rows_from(&mut masked, self.width, start);
+        (points, masked)
+    }
+
+    /// Writes the plain (slotted) values of source row `src` into `row`.
+    fn fill(&self, src: u64, row: &mut [u64]) {
+        if src < self.real {
+            let key = (src as usize) / self.copies;
+            let group = if self.grouping {
+                self.groups[key] as usize
+            } else {
+                (src as usize) % self.copies
+            };
+            if let Some((p, slot)) = self.layout.count_slot(group)
+                && p == self.me
+            {
+                row[slot] = 1;
+            }
+            for f in 0..self.w {
+                row[self.layout.feature_slot(self.me, f, group)] = self.features[key * self.w + f];
+            }
+        } else if src >= self.padded {
+            let g = ((src - self.padded) / self.block) as usize;
+            row.copy_from_slice(&self.layout.dummy_row(self.me, Some(g)));
+        }
+    }
+
+    /// The whole list at once (the in-memory run and tests).
+    pub fn into_prepared(self) -> PreparedList {
+        let (points, masked) = self.chunk(0, self.len() as usize);
+        PreparedList {
+            points,
+            masked: super::MaskedList {
+                values: masked,
+                width: self.width,
+                len: self.len(),
+                dummies: self.dummies.clone(),
+            },
+        }
+    }
+}
