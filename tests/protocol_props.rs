@@ -261,7 +261,7 @@ fn node_steps_refuse_misuse() {
         pad: vec![7, 9],
     };
     assert!(matches!(
-        na.mask_sum(&ask(0, 10, list.len)),
+        na.mask_sum(&ask(0, 10, list.masked.len)),
         Err(ProtocolError::Violation(_))
     ));
     // A pad of the wrong width, or more positions than rows, are refused.

@@ -339,10 +339,16 @@ pub async fn run_demo(progress: bool) -> Result<(Release, BTreeMap<String, i64>)
         },
     ];
     let tls = TlsMaterial::from_dir(&certs, "coordinator")?;
-    let report = run_analysis(ANALYSIS, &targets, &tls, &RunOptions {
-                progress,
-                ..RunOptions::default()
-            }).await;
+    let report = run_analysis(
+        ANALYSIS,
+        &targets,
+        &tls,
+        &RunOptions {
+            progress,
+            ..RunOptions::default()
+        },
+    )
+    .await;
     node_a.shutdown().await?;
     node_b.shutdown().await?;
     let report = report?;

@@ -85,8 +85,10 @@ pub(crate) async fn through_ring(
         let announced = announced.clone();
         let hop = &peers[route[0]];
         async move {
-            let masked = feed(source, hop, local, first, session, owner, width, &announced, received)
-                .await?;
+            let masked = feed(
+                source, hop, local, first, session, owner, width, &announced, received,
+            )
+            .await?;
             Ok(Some(RingOutput {
                 masked,
                 finals: Vec::new(),
@@ -100,7 +102,10 @@ pub(crate) async fn through_ring(
         let next = if k == last {
             None
         } else {
-            Some((senders.next().expect("one sender per hop"), &peers[route[k + 1]]))
+            Some((
+                senders.next().expect("one sender per hop"),
+                &peers[route[k + 1]],
+            ))
         };
         let announced = announced.clone();
         stages.push(Box::pin(async move {
@@ -148,7 +153,8 @@ async fn feed(
             }
             list.len = chunk.total_rows;
             announced.0.store(chunk.total_rows, Ordering::SeqCst);
-            list.values.reserve_exact((list.len as usize).saturating_mul(width));
+            list.values
+                .reserve_exact((list.len as usize).saturating_mul(width));
             list.dummies = chunk.dummy_positions.clone();
         } else if chunk.total_rows != list.len {
             return Err(source.bad("inconsistent list length"));
@@ -229,10 +235,10 @@ async fn relay(
                 }
             }
             None => {
-                if finals.is_empty() {
-                    if let Some(len) = announced.get() {
-                        finals.reserve_exact(len as usize * out_len);
-                    }
+                if finals.is_empty()
+                    && let Some(len) = announced.get()
+                {
+                    finals.reserve_exact(len as usize * out_len);
                 }
                 finals.extend_from_slice(&chunk.points);
                 finished.inc(k);

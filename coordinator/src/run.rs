@@ -9,9 +9,9 @@ use cleanroom::protocol::{Layout, ProtocolError, plan_release, ring};
 use cleanroom::session::os_rng;
 use cleanroom::{Analysis, AnalysisHash, SessionId};
 use cleanroom_node::tls::TlsMaterial;
+use cleanroom_proto::MAX_MESSAGE_BYTES;
 use cleanroom_proto::v1::node_client::NodeClient;
 use cleanroom_proto::v1::*;
-use cleanroom_proto::MAX_MESSAGE_BYTES;
 use futures::future::try_join_all;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use prost::Message;
@@ -492,6 +492,7 @@ async fn drive(
     let layout = Layout::new(analysis);
     let received = progress.phase("local steps", 0);
     let finished = progress.phase("blinding ring", 0);
+    let layout = &layout;
     let outputs = try_join_all((0..n).map(|owner| {
         let (received, finished) = (received.clone(), finished.clone());
         async move {

@@ -11,7 +11,16 @@ fn bench_writes_csv_and_plots() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("bench");
     let run = Command::new(bin)
-        .args(["bench", "--keys", "1k,2k", "--parties", "2", "--bound-sample", "1024", "--out"])
+        .args([
+            "bench",
+            "--keys",
+            "1k,2k",
+            "--parties",
+            "2",
+            "--bound-sample",
+            "1024",
+            "--out",
+        ])
         .arg(&out)
         .output()
         .unwrap();
@@ -50,7 +59,10 @@ fn bench_writes_csv_and_plots() {
     }
     for svg in ["time.svg", "memory.svg"] {
         let text = std::fs::read_to_string(out.join(svg)).unwrap();
-        assert!(text.starts_with("<svg") && text.contains("keys per party"), "{svg}");
+        assert!(
+            text.starts_with("<svg") && text.contains("keys per party"),
+            "{svg}"
+        );
     }
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     assert!(md.contains("| ecdh-ring | 2 | 1k |"), "{md}");

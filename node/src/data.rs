@@ -11,7 +11,6 @@ use cleanroom::keys::{KeyPart, KeyType, encode_part};
 use std::pin::Pin;
 
 use cleanroom::protocol::{Row, RowBatch};
-use tokio_stream::{Stream, StreamExt};
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, UInt64Array,
 };
@@ -20,6 +19,7 @@ use datafusion::arrow::datatypes::{DataType, Int64Type, UInt64Type};
 use datafusion::datasource::file_format::options::ArrowReadOptions;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
 use thiserror::Error;
+use tokio_stream::{Stream, StreamExt};
 
 /// Errors from the data layer. Messages name tables and columns, never
 /// values — except [`DataError::Engine`], whose text comes from the query
@@ -228,10 +228,7 @@ pub async fn local_batches(
     let stream = ctx.sql(sql).await?.execute_stream().await?;
     let key = analysis.key.clone();
     let features = analysis.features(party);
-    let grouping = analysis
-        .grouping
-        .clone()
-        .filter(|g| g.party == party);
+    let grouping = analysis.grouping.clone().filter(|g| g.party == party);
     Ok(Box::pin(stream.map(move |b| {
         batch_rows(&b?, &key, &features, grouping.as_ref())
     })))
@@ -248,7 +245,11 @@ pub async fn local_rows(
     let mut rows = Vec::new();
     while let Some(b) = batches.next().await {
         let b = b?;
-        let w = if b.is_empty() { 0 } else { b.features.len() / b.len() };
+        let w = if b.is_empty() {
+            0
+        } else {
+            b.features.len() / b.len()
+        };
         for r in 0..b.len() {
             rows.push(Row {
                 key: b.key(r).to_vec(),
@@ -370,10 +371,8 @@ fn batch_rows(
         .iter()
         .map(|c| c.as_primitive_opt::<Int64Type>())
         .collect();
-    let strs: Vec<Option<&StringArray>> = key_cols
-        .iter()
-        .map(|c| c.as_string_opt::<i32>())
-        .collect();
+    let strs: Vec<Option<&StringArray>> =
+        key_cols.iter().map(|c| c.as_string_opt::<i32>()).collect();
     let feats: Vec<&UInt64Array> = feat_cols
         .iter()
         .map(|c| c.as_primitive::<UInt64Type>())

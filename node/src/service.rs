@@ -22,8 +22,8 @@ use cleanroom_proto::CHUNK_POINTS;
 use cleanroom_proto::v1::node_server::Node;
 use cleanroom_proto::v1::*;
 use datafusion::prelude::SessionContext;
-use tokio_stream::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{error, info, warn};
 

@@ -31,8 +31,8 @@ pub use aggregate::{
     Delivery, ReleasePlan, add_dummy_positions, draw_count_noise, plan_release, sum_masked,
 };
 pub use group::Layout;
-pub use matching::{Matches, match_lists};
 pub use local::{ListBuilder, RowBatch, ShuffledList};
+pub use matching::{Matches, match_lists};
 pub use node::{MaskShare, MaskedList, NodeSession, PeerKeys, PreparedList};
 pub use simulate::{Inbound, SimulationOutcome, Transcript, simulate, simulate_streaming};
 

@@ -11,8 +11,8 @@ use super::{
     Delivery, MaskShare, MaskSumRequest, MaskedList, NodeSession, PeerKeys, PreparedList,
     ProtocolError, Release, Row, RowBatch, party_index, plan_release, ring,
 };
-use crate::psi::POINT_LEN;
 use crate::analysis::Analysis;
+use crate::psi::POINT_LEN;
 use crate::session::SessionId;
 use crate::share::IdentityKey;
 

@@ -35,10 +35,7 @@ pub fn write_table(dir: &Path, i: usize, keys: u64, common: u64) -> Result<PathB
 /// The benchmark's analysis for `parties` parties: one row per key, the
 /// count and each party's `amount` summed over the intersection.
 pub fn analysis(parties: usize) -> String {
-    let mut t = format!(
-        "name = \"bench\"\nrecipient = \"{}\"\n",
-        party(parties - 1)
-    );
+    let mut t = format!("name = \"bench\"\nrecipient = \"{}\"\n", party(parties - 1));
     let mut aggs = vec!["\"count\"".to_string()];
     for i in 0..parties {
         t += &format!(
@@ -72,9 +69,9 @@ pub fn parse_count(s: &str) -> Result<u64, String> {
 
 /// Short label of a count (`10k`, `1M`).
 pub fn label(n: u64) -> String {
-    if n >= 1_000_000 && n % 100_000 == 0 {
+    if n >= 1_000_000 && n.is_multiple_of(100_000) {
         format!("{}M", n as f64 / 1e6)
-    } else if n >= 1000 && n % 100 == 0 {
+    } else if n >= 1000 && n.is_multiple_of(100) {
         format!("{}k", n as f64 / 1e3)
     } else {
         n.to_string()

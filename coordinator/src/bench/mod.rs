@@ -48,7 +48,8 @@ pub struct BenchOptions {
     pub bound_sample: usize,
 }
 
-/// The CPU's model name and its widest vector extension.
+/// The CPU's model name, its widest vector extension and the core count,
+/// without commas (so the CSV's first column needs no quoting).
 pub fn cpu_name() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = info
@@ -70,7 +71,7 @@ pub fn cpu_name() -> String {
         "no AVX2"
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!("{model} ({simd}, {cores} cores)")
+    format!("{model} ({simd}; {cores} cores)").replace(',', ";")
 }
 
 /// Runs every combination and writes the outputs.
@@ -202,12 +203,14 @@ fn run_one(
     }
     let mut child = cmd.spawn().context("starting the coordinator")?;
     let stdout = child.stdout.take().expect("piped");
-    let coordinator = Proc {
+    let mut coordinator = Proc {
         name: "coordinator".into(),
         child,
     };
-    let mut all: Vec<&Proc> = vec![&coordinator];
-    all.extend(procs.iter());
+    let pid = coordinator.pid();
+    // Every process by name and pid (the coordinator first).
+    let mut all: Vec<(String, u32)> = vec![("coordinator".into(), pid)];
+    all.extend(procs.iter().map(|p| (p.name.clone(), p.pid())));
 
     // Sample every process at every phase boundary the coordinator prints.
     let mut started: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
@@ -222,11 +225,11 @@ fn run_one(
         };
         let now: Vec<Sample> = all
             .iter()
-            .map(|p| sample(p.pid()).unwrap_or_default())
+            .map(|(_, pid)| sample(*pid).unwrap_or_default())
             .collect();
         if edge == "start" {
-            for p in &all {
-                reset_peak(p.pid());
+            for (_, pid) in &all {
+                reset_peak(*pid);
             }
             started.insert(phase.to_string(), now);
         } else if let Some(before) = started.remove(phase) {
@@ -236,8 +239,8 @@ fn run_one(
                 procs: all
                     .iter()
                     .zip(before.iter().zip(&now))
-                    .map(|(p, (b, a))| ProcPhase {
-                        process: p.name.clone(),
+                    .map(|((name, _), (b, a))| ProcPhase {
+                        process: name.clone(),
                         cpu: (a.cpu - b.cpu).max(0.0),
                         peak_rss: a.peak_rss,
                     })
@@ -245,7 +248,6 @@ fn run_one(
             });
         }
     }
-    let mut coordinator = coordinator;
     let status = coordinator.child.wait()?;
     if !status.success() {
         bail!(
@@ -254,7 +256,8 @@ fn run_one(
         );
     }
     let rep: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&report).with_context(|| format!("reading {}", report.display()))?,
+        &std::fs::read_to_string(&report)
+            .with_context(|| format!("reading {}", report.display()))?,
     )?;
     for ph in rep["phases"].as_array().into_iter().flatten() {
         if let Some(p) = phases.iter_mut().find(|p| ph["name"] == p.phase.as_str()) {
@@ -267,10 +270,14 @@ fn run_one(
         procs: all
             .iter()
             .enumerate()
-            .map(|(i, p)| ProcPhase {
-                process: p.name.clone(),
+            .map(|(i, (name, _))| ProcPhase {
+                process: name.clone(),
                 cpu: phases.iter().map(|ph| ph.procs[i].cpu).sum(),
-                peak_rss: phases.iter().map(|ph| ph.procs[i].peak_rss).max().unwrap_or(0),
+                peak_rss: phases
+                    .iter()
+                    .map(|ph| ph.procs[i].peak_rss)
+                    .max()
+                    .unwrap_or(0),
             })
             .collect(),
     };
@@ -287,7 +294,6 @@ fn run_one(
             )
         })
         .collect();
-    drop(all);
     drop(procs);
     let peer = if opts.peers && parties == 2 {
         Some(run_peer(opts, &tables, &dir)?)

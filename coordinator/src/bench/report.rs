@@ -136,7 +136,9 @@ pub fn write_csv(path: &Path, runs: &[RunResult]) -> Result<()> {
                 };
                 let (bound, ratio, peer, peer_s, peer_ratio) = if total {
                     let (peer, peer_s, peer_ratio) = match &r.peer {
-                        Some((n, t)) => (n.clone(), format!("{t:.3}"), format!("{:.3}", t / r.wall())),
+                        Some((n, t)) => {
+                            (n.clone(), format!("{t:.3}"), format!("{:.3}", t / r.wall()))
+                        }
                         None => Default::default(),
                     };
                     (
@@ -232,7 +234,10 @@ pub fn plot(dir: &Path, runs: &[RunResult]) -> Result<()> {
         let root = SVGBackend::new(&path, (900, 600)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
         let mut chart = ChartBuilder::on(&root)
-            .caption("end-to-end time (solid) and crypto bound (dashed)", ("sans-serif", 22))
+            .caption(
+                "end-to-end time (solid) and crypto bound (dashed)",
+                ("sans-serif", 22),
+            )
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(70)
