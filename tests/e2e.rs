@@ -331,7 +331,16 @@ async fn unfinished_sessions_expire() {
         analysis_toml: text.clone(),
     };
     client.setup(setup).await.unwrap();
+    assert_eq!(cluster.nodes[0].service.open_sessions(), 1);
     clock.advance(std::time::Duration::from_secs(61));
+    // The node's sweep expires it without any further request (a vanished
+    // coordinator sends none).
+    let mut waited = 0;
+    while cluster.nodes[0].service.open_sessions() > 0 {
+        assert!(waited < 100, "the idle session was not swept");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        waited += 1;
+    }
     let err = client
         .local_step(LocalStepRequest {
             session: Some(session),
@@ -340,7 +349,75 @@ async fn unfinished_sessions_expire() {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().contains("expired"), "{}", err.message());
+    let audit = cluster.store(0).audit_chain().unwrap();
+    assert!(
+        audit.iter().any(|r| r.json.contains("expired unfinished")),
+        "the expiry is recorded"
+    );
     cluster.stop().await;
+}
+
+/// Activity keeps a session alive past its idle TTL, but not past
+/// `session_max_secs` from setup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_sessions_still_expire_at_their_maximum_age() {
+    use cleanroom_node::clock::ManualClock;
+    use cleanroom_proto::v1::{LocalStepRequest, MaskSumRequest};
+
+    let banks = banks(2, 10);
+    let text = analysis_text(2, 1, 1);
+    let mut cluster = Cluster::start(&banks, &[&text]).await;
+    let clock = Arc::new(ManualClock::default());
+    let old = cluster.nodes.remove(0);
+    old.shutdown().await.unwrap();
+    let mut cfg = cluster.configs[0].clone();
+    cfg.session_ttl_secs = 60;
+    cfg.session_max_secs = 100;
+    cluster.nodes.insert(
+        0,
+        cleanroom_node::spawn_with_clock(cfg, clock.clone())
+            .await
+            .unwrap(),
+    );
+    let mut client = cluster.client(0).await;
+    let session = SessionRef {
+        sid: SessionId::random(&mut os_rng()).as_bytes().to_vec(),
+        analysis_hash: Analysis::parse(&text).unwrap().hash().0.to_vec(),
+    };
+    client
+        .setup(SetupRequest {
+            session: Some(session.clone()),
+            analysis_toml: text.clone(),
+        })
+        .await
+        .unwrap();
+    // A message every 50 s: never idle for 60 s.
+    for _ in 0..2 {
+        clock.advance(std::time::Duration::from_secs(50));
+        let err = client
+            .mask_sum(MaskSumRequest {
+                session: Some(session.clone()),
+                owner: 99,
+                ..MaskSumRequest::default()
+            })
+            .await
+            .unwrap_err();
+        if err.code() == Code::NotFound {
+            // At 100 s the session has reached its maximum age.
+            assert!(err.message().contains("expired"), "{}", err.message());
+            let err = client
+                .local_step(LocalStepRequest {
+                    session: Some(session),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::NotFound);
+            cluster.stop().await;
+            return;
+        }
+        assert_ne!(err.code(), Code::NotFound, "alive while active");
+    }
+    panic!("the session outlived session_max_secs");
 }
 
 /// Three banks with 100k keys each (half of them common to all): the

@@ -293,6 +293,25 @@ fn grouped_results_equal_plaintext_group_by() {
     }
 }
 
+/// The grouping party's points carry the group, so a key it returns in two
+/// groups gives two different points; it must still be refused as a
+/// duplicate (else its partner's row would be counted in both groups while
+/// the budget charges it once).
+#[test]
+fn grouping_party_duplicate_key_in_two_groups_is_refused() {
+    let a = grouped("min_matched = 0", 2);
+    let mut inp = grouped_inputs(2, &[0..10, 0..10]);
+    let rows = inp.get_mut("bank-b").unwrap();
+    let mut dup = rows[0].clone();
+    dup.group = Some((dup.group.unwrap() + 1) % 3);
+    rows.push(dup);
+    let err = simulate(&a, &inp, &mut os_rng()).unwrap_err();
+    assert!(
+        matches!(err, ProtocolError::DuplicateKey { ref party } if party == "bank-b"),
+        "{err}"
+    );
+}
+
 #[test]
 fn small_groups_are_suppressed_and_the_others_released() {
     // Keys 0..8 matched: groups lo {0,3,6}, mid {1,4,7}, hi {2,5}.

@@ -276,6 +276,7 @@ pub fn loopback_node_config(
         identity_key: key_path,
         authorized_coordinators: vec!["coordinator".into()],
         session_ttl_secs: 3600,
+        session_max_secs: 86_400,
         tls: TlsFiles {
             cert: certs.join(format!("{name}.pem")),
             key: certs.join(format!("{name}.key")),

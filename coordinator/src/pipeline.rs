@@ -32,6 +32,30 @@ impl Announced {
     }
 }
 
+/// Appends `more` to `v`, growing it (by doubling) only as data arrives and
+/// never beyond `limit` elements: a peer's announced length bounds the
+/// buffer but never allocates it up front.
+fn append_bounded<T: Copy>(v: &mut Vec<T>, more: &[T], limit: usize) {
+    if v.len() + more.len() > v.capacity() {
+        let want = (v.len() * 2).max(v.len() + more.len()).min(limit);
+        v.reserve_exact(want.saturating_sub(v.len()));
+    }
+    v.extend_from_slice(more);
+}
+
+/// How long a stage whose next hop stopped reading waits for that hop's
+/// own error (which names the real cause) to end the run first.
+const CLOSED_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The error for a hop that stopped reading its re-blind stream. The hop's
+/// own stage normally fails first with the cause (all stages run under one
+/// `try_join_all`, which ends at the first error); this one, naming the
+/// hop, stands only if that does not happen within [`CLOSED_GRACE`].
+async fn closed_early(hop: &Peer) -> CoordinatorError {
+    tokio::time::sleep(CLOSED_GRACE).await;
+    hop.bad("stopped reading its re-blind stream early")
+}
+
 /// What the coordinator keeps of one list after the ring.
 pub(crate) struct RingOutput {
     /// Masked values, width, length, dummies.
@@ -153,8 +177,9 @@ async fn feed(
             }
             list.len = chunk.total_rows;
             announced.0.store(chunk.total_rows, Ordering::SeqCst);
-            list.values
-                .reserve_exact((list.len as usize).saturating_mul(width));
+            if chunk.dummy_positions.len() as u64 > list.len {
+                return Err(source.bad("more dummy positions than rows"));
+            }
             list.dummies = chunk.dummy_positions.clone();
         } else if chunk.total_rows != list.len {
             return Err(source.bad("inconsistent list length"));
@@ -170,7 +195,11 @@ async fn feed(
         if rows > list.len {
             return Err(source.bad("list longer than announced"));
         }
-        list.values.extend_from_slice(&chunk.masked);
+        append_bounded(
+            &mut list.values,
+            &chunk.masked,
+            (list.len as usize).saturating_mul(width),
+        );
         received.inc(k as u64);
         let msg = ReblindChunk {
             session: Some(session.clone()),
@@ -179,8 +208,7 @@ async fn feed(
         };
         hop.traffic.sent(msg.encoded_len());
         if tx.send(msg).await.is_err() {
-            // The hop's stream ended early: its error surfaces from its stage.
-            break;
+            return Err(closed_early(hop).await);
         }
     }
     if first {
@@ -231,16 +259,12 @@ async fn relay(
                 };
                 to.traffic.sent(msg.encoded_len());
                 if tx.send(msg).await.is_err() {
-                    break;
+                    return Err(closed_early(to).await);
                 }
             }
             None => {
-                if finals.is_empty()
-                    && let Some(len) = announced.get()
-                {
-                    finals.reserve_exact(len as usize * out_len);
-                }
-                finals.extend_from_slice(&chunk.points);
+                let limit = announced.get().unwrap_or(0) as usize * out_len;
+                append_bounded(&mut finals, &chunk.points, limit);
                 finished.inc(k);
             }
         }

@@ -7,7 +7,8 @@
 //! state_dir = "state/bank-a"
 //! identity_key = "keys/bank-a.key"     # Ristretto identity (cleanroom-node keygen)
 //! authorized_coordinators = ["coordinator"]
-//! session_ttl_secs = 3600              # unfinished sessions expire (optional)
+//! session_ttl_secs = 3600              # idle sessions expire (optional)
+//! session_max_secs = 86400             # any session expires (optional)
 //! [tls]
 //! cert = "certs/bank-a.pem"
 //! key = "certs/bank-a.key"
@@ -64,10 +65,15 @@ pub struct NodeConfig {
     /// Table name → data file.
     #[serde(default)]
     pub tables: BTreeMap<String, PathBuf>,
-    /// Seconds after setup at which an unfinished session expires and its
-    /// secrets are dropped (default 3600).
+    /// Seconds without any message of a session (received or sent) after
+    /// which it expires unfinished and its secrets are dropped (default
+    /// 3600).
     #[serde(default = "default_session_ttl")]
     pub session_ttl_secs: u64,
+    /// Seconds after setup at which a session expires however active it is
+    /// (default 86400): a coordinator cannot keep secrets alive forever.
+    #[serde(default = "default_session_max")]
+    pub session_max_secs: u64,
     /// Peer party name → pinned identity public key: 64 hex characters, or
     /// the path of a file that holds them (as written by `keygen`).
     #[serde(default)]
@@ -76,6 +82,10 @@ pub struct NodeConfig {
     /// visibility. An identity without an entry gets [`Policy::default`].
     #[serde(default)]
     pub policy: BTreeMap<String, Policy>,
+}
+
+fn default_session_max() -> u64 {
+    86_400
 }
 
 fn default_session_ttl() -> u64 {

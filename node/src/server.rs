@@ -17,6 +17,9 @@ use crate::tls::TlsMaterial;
 use crate::wiretap::{TapLayer, WireTap};
 use crate::{NodeConfig, NodeError};
 
+/// How often a serving node looks for expired sessions.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A node serving in the background. Dropping it does not stop it; call
 /// [`RunningNode::shutdown`].
 #[derive(Debug)]
@@ -27,12 +30,14 @@ pub struct RunningNode {
     pub service: NodeService,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
+    sweeper: JoinHandle<()>,
 }
 
 impl RunningNode {
     /// Stops the server and waits for it.
     pub async fn shutdown(self) -> Result<(), NodeError> {
         let _ = self.stop.send(());
+        self.sweeper.abort();
         self.task
             .await
             .map_err(|e| NodeError::Transport(e.to_string()))?
@@ -91,6 +96,21 @@ pub async fn spawn_with(config: NodeConfig, opts: ServeOptions) -> Result<Runnin
         .map_err(|e| NodeError::Tls(e.to_string()))?
         .layer(TapLayer(opts.tap))
         .add_service(svc);
+    // Expire idle sessions even when no request arrives (a coordinator that
+    // vanished mid-run): their secrets are dropped and the expiry recorded.
+    let sweeper = tokio::spawn({
+        let service = service.clone();
+        async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let s = service.clone();
+                // The expiry writes audit records: off the async workers.
+                let _ = tokio::task::spawn_blocking(move || s.expire_sessions()).await;
+            }
+        }
+    });
     let (stop, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         router
@@ -104,5 +124,6 @@ pub async fn spawn_with(config: NodeConfig, opts: ServeOptions) -> Result<Runnin
         service,
         stop,
         task,
+        sweeper,
     })
 }

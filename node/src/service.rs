@@ -47,9 +47,15 @@ fn failpoint(name: &str) {
 
 /// One live session.
 struct Session {
-    /// Monotonic time of the session's last message (it expires a TTL
-    /// after that).
+    /// Monotonic time of the session's setup (it expires
+    /// `session_max_secs` after that, however busy).
+    opened: Duration,
+    /// Monotonic time of the session's last message, received or sent (it
+    /// expires `session_ttl_secs` after that).
     last_seen: Mutex<Duration>,
+    /// Set when the session ends; no step starts after it, and the last
+    /// step holding the secrets drops them.
+    ended: AtomicBool,
     sid: SessionId,
     hash: AnalysisHash,
     analysis: Analysis,
@@ -72,23 +78,62 @@ fn closed() -> Status {
 }
 
 impl Session {
-    /// Drops the session's secrets now.
+    /// Ends the session: no step starts after this, and its secrets (and its
+    /// list) are dropped now, or, if a step is using them, by that step as
+    /// soon as it is done. Never blocks.
     fn close(&self) {
-        self.proto.write().unwrap_or_else(|e| e.into_inner()).take();
+        self.ended.store(true, Ordering::SeqCst);
         self.list.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.drop_secrets_if_ended();
+    }
+
+    fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::SeqCst)
+    }
+
+    /// Takes the secrets if the session has ended and no step holds them
+    /// (a step that does calls this again when it lets go).
+    fn drop_secrets_if_ended(&self) {
+        if !self.is_ended() {
+            return;
+        }
+        match self.proto.try_write() {
+            Ok(mut g) => drop(g.take()),
+            Err(std::sync::TryLockError::Poisoned(e)) => drop(e.into_inner().take()),
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
     }
 
     fn with<T>(&self, f: impl FnOnce(&NodeSession) -> Result<T, Status>) -> Result<T, Status> {
-        let guard = self.proto.read().unwrap_or_else(|e| e.into_inner());
-        f(guard.as_ref().ok_or_else(closed)?)
+        if self.is_ended() {
+            return Err(closed());
+        }
+        let out = {
+            let guard = self.proto.read().unwrap_or_else(|e| e.into_inner());
+            guard.as_ref().ok_or_else(closed).and_then(f)
+        };
+        self.drop_secrets_if_ended();
+        out
     }
 
     fn with_mut<T>(
         &self,
         f: impl FnOnce(&mut NodeSession) -> Result<T, Status>,
     ) -> Result<T, Status> {
-        let mut guard = self.proto.write().unwrap_or_else(|e| e.into_inner());
-        f(guard.as_mut().ok_or_else(closed)?)
+        if self.is_ended() {
+            return Err(closed());
+        }
+        let out = {
+            let mut guard = self.proto.write().unwrap_or_else(|e| e.into_inner());
+            guard.as_mut().ok_or_else(closed).and_then(f)
+        };
+        self.drop_secrets_if_ended();
+        out
+    }
+
+    /// Notes activity now (the idle TTL counts from the last one).
+    fn touch(&self, now: Duration) {
+        *self.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = now;
     }
 
     /// A record of `event` for this session.
@@ -267,10 +312,14 @@ impl NodeState {
         }
     }
 
-    /// Drops sessions idle for longer than the configured TTL (their
-    /// secrets with them) and records their expiry.
-    fn expire_sessions(&self) {
+    /// Drops sessions idle for longer than the configured TTL, or older
+    /// than the maximum session age (their secrets with them), and records
+    /// their expiry. Runs before every session lookup and from a periodic
+    /// sweep (see [`crate::server`]), so a session whose coordinator
+    /// vanished does not wait for the next request.
+    pub fn expire_sessions(&self) {
         let ttl = Duration::from_secs(self.config.session_ttl_secs);
+        let max_age = Duration::from_secs(self.config.session_max_secs);
         let now = self.clock.now();
         let mut expired = Vec::new();
         self.sessions
@@ -278,7 +327,9 @@ impl NodeState {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, s| {
                 let last = *s.last_seen.lock().unwrap_or_else(|e| e.into_inner());
-                let keep = now.saturating_sub(last) < ttl;
+                let keep = now.saturating_sub(last) < ttl
+                    && now.saturating_sub(s.opened) < max_age
+                    && !s.is_ended();
                 if !keep {
                     expired.push(s.clone());
                 }
@@ -321,7 +372,10 @@ impl NodeState {
                 "analysis hash does not match the session",
             ));
         }
-        *s.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = self.clock.now();
+        if s.is_ended() {
+            return Err(closed());
+        }
+        s.touch(self.clock.now());
         Ok(s)
     }
 
@@ -385,7 +439,9 @@ impl NodeState {
             e => NodeError::Config(e.to_string()),
         })?;
         let session = Arc::new(Session {
+            opened: self.clock.now(),
             last_seen: Mutex::new(self.clock.now()),
+            ended: AtomicBool::new(false),
             sid,
             hash,
             analysis,
@@ -410,7 +466,6 @@ impl NodeState {
         warn!(sid = %s.sid, step, code = ?st.code(), "step failed");
     }
 
-    /// The local step up to the prepared list: debit, query, blind and mask.
     /// The local step up to the shuffled list: debit, then the query's
     /// batches streamed into the list builder (blinding on all cores while
     /// the engine reads), then padding and the shuffle. Returns the list's
@@ -439,10 +494,16 @@ impl NodeState {
         // blocking thread; the engine's batches reach it through a channel.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<RowBatch>(2);
         let s2 = s.clone();
+        // It holds the secrets' read lock meanwhile; ending the session
+        // never waits for it (see `Session::close`), and it stops at the
+        // next batch.
         let builder = tokio::task::spawn_blocking(move || {
             s2.with(|proto| {
                 let mut b = proto.list_builder();
                 while let Some(batch) = rx.blocking_recv() {
+                    if s2.is_ended() {
+                        return Err(closed());
+                    }
                     b.push(&batch).map_err(proto_status)?;
                 }
                 b.finish(&mut os_rng()).map_err(proto_status)
@@ -450,6 +511,10 @@ impl NodeState {
         });
         let mut failed = None;
         while let Some(batch) = batches.next().await {
+            if s.is_ended() {
+                failed = Some(closed());
+                break;
+            }
             match batch {
                 Ok(b) => {
                     if tx.send(b).await.is_err() {
@@ -471,7 +536,13 @@ impl NodeState {
         }
         let list = built??;
         let out = (list.len(), list.dummies().to_vec());
-        *s.list.lock().unwrap_or_else(|e| e.into_inner()) = Some(list);
+        // Kept only if the session is still open (`close` sets `ended`
+        // before it empties `list`, so a list is never stored after that).
+        let mut slot = s.list.lock().unwrap_or_else(|e| e.into_inner());
+        if s.is_ended() {
+            return Err(closed());
+        }
+        *slot = Some(list);
         Ok(out)
     }
 }
@@ -480,6 +551,7 @@ impl NodeState {
 /// (gather + mask) on a blocking thread only when the channel has room.
 fn stream_list(
     s: Arc<Session>,
+    clock: Arc<dyn Clock>,
     len: u64,
     dummies: Vec<u64>,
     tx: tokio::sync::mpsc::Sender<Result<ListChunk, Status>>,
@@ -509,6 +581,8 @@ fn stream_list(
             if tx.send(msg).await.is_err() || stop {
                 break;
             }
+            // A chunk taken by the coordinator is activity of the session.
+            s.touch(clock.now());
         }
         // The list (and its mask seed) is no longer needed.
         s.list.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -609,7 +683,7 @@ impl Node for NodeService {
         self.store.log(&rec).map_err(status)?;
         info!(sid = %s.sid, rows = len, "local step: list ready, streaming it");
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        stream_list(s, len, dummies, tx);
+        stream_list(s, self.clock.clone(), len, dummies, tx);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -810,7 +884,9 @@ mod tests {
         let sid = SessionId::random(&mut rng);
         let proto = NodeSession::new(&analysis, sid, "a", &ka, &peers, &mut rng).unwrap();
         let session = Arc::new(Session {
+            opened: Duration::ZERO,
             last_seen: Mutex::new(Duration::ZERO),
+            ended: AtomicBool::new(false),
             sid,
             hash: analysis.hash(),
             analysis,
@@ -826,5 +902,30 @@ mod tests {
         assert!(held_by_stream.proto.read().unwrap().is_none());
         let err = held_by_stream.with(|_| Ok(())).unwrap_err();
         assert_eq!(err.code(), tonic::Code::NotFound);
+
+        // Closing while a step holds the secrets does not wait for it; the
+        // step drops them when it lets go.
+        let proto = NodeSession::new(&session.analysis, sid, "a", &ka, &peers, &mut rng).unwrap();
+        let busy = Arc::new(Session {
+            opened: Duration::ZERO,
+            last_seen: Mutex::new(Duration::ZERO),
+            ended: AtomicBool::new(false),
+            sid,
+            hash: session.hash,
+            analysis: session.analysis.clone(),
+            coordinator: "c".into(),
+            proto: RwLock::new(Some(proto)),
+            list: Mutex::new(None),
+            local_done: AtomicBool::new(false),
+            reblinded: Mutex::new(HashSet::new()),
+        });
+        let inside = busy.with(|_| {
+            busy.close();
+            // Still held here (by this step)...
+            Ok(busy.proto.try_read().is_ok_and(|g| g.is_some()))
+        });
+        assert_eq!(inside.unwrap(), true);
+        // ...and gone once the step is done.
+        assert!(busy.proto.read().unwrap().is_none());
     }
 }

@@ -11,6 +11,8 @@
 use rand::CryptoRng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroize;
 
 use super::{Layout, MAX_LIST_ROWS, NodeSession, PreparedList, ProtocolError, Row};
 use crate::keys::{TAG_DUMMY, append_group};
@@ -80,8 +82,18 @@ pub struct ListBuilder<'s> {
     points: Vec<u8>,
     features: Vec<u64>,
     groups: Vec<u32>,
+    /// The grouping party's keys are blinded with their group part, so a key
+    /// returned in two groups gives two different points: for that party a
+    /// 16-byte digest of each untagged key (never sent) finds duplicates.
+    key_digests: Vec<[u8; 16]>,
     totals: Vec<u128>,
     keys: usize,
+}
+
+impl Drop for ListBuilder<'_> {
+    fn drop(&mut self) {
+        self.features.zeroize();
+    }
 }
 
 impl std::fmt::Debug for ListBuilder<'_> {
@@ -119,6 +131,7 @@ impl<'s> ListBuilder<'s> {
             points: Vec::new(),
             features: Vec::new(),
             groups: Vec::new(),
+            key_digests: Vec::new(),
             keys: 0,
         }
     }
@@ -194,33 +207,50 @@ impl<'s> ListBuilder<'s> {
         if let Some(g) = &batch.groups {
             self.groups.extend_from_slice(g);
         }
+        if self.grouping && layout.is_grouped() {
+            self.key_digests.extend((0..n).map(|r| {
+                let d = Sha256::digest(batch.key(r));
+                let mut out = [0u8; 16];
+                out.copy_from_slice(&d[..16]);
+                out
+            }));
+        }
         self.keys += n;
         Ok(())
     }
 
     /// Ends the list: checks totals and duplicate keys, adds padding and DP
     /// dummy rows, and draws the shuffle.
-    pub fn finish<R: CryptoRng + ?Sized>(self, rng: &mut R) -> Result<ShuffledList, ProtocolError> {
+    pub fn finish<R: CryptoRng + ?Sized>(
+        mut self,
+        rng: &mut R,
+    ) -> Result<ShuffledList, ProtocolError> {
+        let party = std::mem::take(&mut self.party);
         if let Some(c) = self.totals.iter().position(|&t| t >= 1u128 << 63) {
             return Err(ProtocolError::SumTooLarge {
-                party: self.party,
+                party,
                 column: self.columns[c].clone(),
             });
         }
-        // Equal keys give equal points: sort the keys by (first copy) point.
-        let point = |k: usize| {
-            let at = k * self.copies * POINT_LEN;
-            &self.points[at..at + POINT_LEN]
+        let duplicate = if self.key_digests.is_empty() {
+            // Equal keys give equal points: sort the keys by (first copy) point.
+            let point = |k: usize| {
+                let at = k * self.copies * POINT_LEN;
+                &self.points[at..at + POINT_LEN]
+            };
+            let mut order: Vec<u32> = (0..self.keys as u32).collect();
+            order.par_sort_unstable_by(|&a, &b| point(a as usize).cmp(point(b as usize)));
+            order
+                .windows(2)
+                .any(|w| point(w[0] as usize) == point(w[1] as usize))
+        } else {
+            let mut digests = std::mem::take(&mut self.key_digests);
+            digests.par_sort_unstable();
+            digests.windows(2).any(|w| w[0] == w[1])
         };
-        let mut order: Vec<u32> = (0..self.keys as u32).collect();
-        order.par_sort_unstable_by(|&a, &b| point(a as usize).cmp(point(b as usize)));
-        if order
-            .windows(2)
-            .any(|w| point(w[0] as usize) == point(w[1] as usize))
-        {
-            return Err(ProtocolError::DuplicateKey { party: self.party });
+        if duplicate {
+            return Err(ProtocolError::DuplicateKey { party });
         }
-        drop(order);
         let analysis = &self.session.analysis;
         let real = (self.keys * self.copies) as u64;
         let padded = match analysis.privacy.pad_to_multiple {
@@ -230,7 +260,7 @@ impl<'s> ListBuilder<'s> {
         let dp_rows = analysis.dp_dummy_rows();
         let total = padded + dp_rows;
         if total > MAX_LIST_ROWS {
-            return Err(ProtocolError::ListTooLong { party: self.party });
+            return Err(ProtocolError::ListTooLong { party });
         }
         // Dummy keys: random, with a tag no real key has.
         let mut dummy_keys = vec![0u8; ((total - real) * 33) as usize];
@@ -239,7 +269,7 @@ impl<'s> ListBuilder<'s> {
             rng.fill_bytes(&mut k[1..]);
         }
         let slices: Vec<&[u8]> = dummy_keys.chunks_exact(33).collect();
-        let mut points = self.points;
+        let mut points = std::mem::take(&mut self.points);
         points.extend_from_slice(
             &self
                 .session
@@ -266,8 +296,8 @@ impl<'s> ListBuilder<'s> {
             copies: self.copies,
             grouping: self.grouping,
             points,
-            features: self.features,
-            groups: self.groups,
+            features: std::mem::take(&mut self.features),
+            groups: std::mem::take(&mut self.groups),
             perm,
             real,
             padded,
@@ -295,6 +325,13 @@ pub struct ShuffledList {
     padded: u64,
     block: u64,
     dummies: Vec<u64>,
+}
+
+impl Drop for ShuffledList {
+    fn drop(&mut self) {
+        // The bank's clamped plaintext features.
+        self.features.zeroize();
+    }
 }
 
 impl std::fmt::Debug for ShuffledList {

@@ -189,8 +189,11 @@ fn csv(s: &str) -> String {
 
 const COLORS: [RGBColor; 4] = [BLUE, RED, GREEN, MAGENTA];
 
+/// A labelled line: (keys per party, value) points.
+type Series = (String, Vec<(f64, f64)>);
+
 /// Series of (keys, value) per party count (and protocol).
-fn series(runs: &[RunResult], f: impl Fn(&RunResult) -> f64) -> Vec<(String, Vec<(f64, f64)>)> {
+fn series(runs: &[RunResult], f: impl Fn(&RunResult) -> f64) -> Vec<Series> {
     let mut keys: Vec<(String, usize)> = runs
         .iter()
         .map(|r| (r.protocol.clone(), r.parties))
@@ -219,103 +222,70 @@ fn range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
 /// Draws `time.svg` (wall time and crypto bound against keys per party) and
 /// `memory.svg` (peak RSS per input row against keys per party).
 pub fn plot(dir: &Path, runs: &[RunResult]) -> Result<()> {
-    let err = |e: String| anyhow::anyhow!("plotting: {e}");
-    let xs = range(runs.iter().map(|r| r.keys as f64));
-    {
-        let measured = series(runs, RunResult::wall);
-        let bound = series(runs, |r| r.bound);
-        let ys = range(
-            measured
-                .iter()
-                .chain(&bound)
-                .flat_map(|(_, p)| p.iter().map(|v| v.1)),
-        );
-        let path = dir.join("time.svg");
-        let root = SVGBackend::new(&path, (900, 600)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "end-to-end time (solid) and crypto bound (dashed)",
-                ("sans-serif", 22),
-            )
-            .margin(15)
-            .x_label_area_size(45)
-            .y_label_area_size(70)
-            .build_cartesian_2d(xs.clone().log_scale(), ys.log_scale())
-            .map_err(|e| err(e.to_string()))?;
+    line_plot(
+        &dir.join("time.svg"),
+        "end-to-end time (solid) and crypto bound (dashed)",
+        "seconds",
+        &series(runs, RunResult::wall),
+        &series(runs, |r| r.bound),
+    )?;
+    line_plot(
+        &dir.join("memory.svg"),
+        "peak RSS per input row: largest node (solid), coordinator (dashed)",
+        "bytes per row",
+        &series(runs, |r| r.rss_per_row().0),
+        &series(runs, |r| r.rss_per_row().1),
+    )
+}
+
+/// One log-log plot against keys per party: a solid and a dashed line per
+/// series, in the same colour, with a legend.
+fn line_plot(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    solid: &[Series],
+    dashed: &[Series],
+) -> Result<()> {
+    let err = |e: String| anyhow::anyhow!("plotting {}: {e}", path.display());
+    let all = solid.iter().chain(dashed).flat_map(|(_, p)| p.iter());
+    let xs = range(all.clone().map(|v| v.0));
+    let ys = range(all.map(|v| v.1));
+    let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(xs.log_scale(), ys.log_scale())
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc("keys per party")
+        .y_desc(y_desc)
+        .x_label_formatter(&|x| super::data::label(x.round() as u64))
+        .y_label_formatter(&|y| format!("{y}"))
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    for (i, ((name, pts), (_, dpts))) in solid.iter().zip(dashed).enumerate() {
+        let c = COLORS[i % COLORS.len()];
         chart
-            .configure_mesh()
-            .x_desc("keys per party")
-            .y_desc("seconds")
-            .draw()
-            .map_err(|e| err(e.to_string()))?;
-        for (i, ((name, pts), (_, bpts))) in measured.iter().zip(&bound).enumerate() {
-            let c = COLORS[i % COLORS.len()];
-            chart
-                .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
-                .map_err(|e| err(e.to_string()))?
-                .label(name.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
-            chart
-                .draw_series(DashedLineSeries::new(bpts.iter().copied(), 6, 4, c.into()))
-                .map_err(|e| err(e.to_string()))?;
-        }
+            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+            .map_err(|e| err(e.to_string()))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
         chart
-            .configure_series_labels()
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.8))
-            .draw()
+            .draw_series(DashedLineSeries::new(dpts.iter().copied(), 6, 4, c.into()))
             .map_err(|e| err(e.to_string()))?;
-        root.present().map_err(|e| err(e.to_string()))?;
     }
-    {
-        let nodes = series(runs, |r| r.rss_per_row().0);
-        let coord = series(runs, |r| r.rss_per_row().1);
-        let ys = range(
-            nodes
-                .iter()
-                .chain(&coord)
-                .flat_map(|(_, p)| p.iter().map(|v| v.1)),
-        );
-        let path = dir.join("memory.svg");
-        let root = SVGBackend::new(&path, (900, 600)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "peak RSS per input row: largest node (solid), coordinator (dashed)",
-                ("sans-serif", 22),
-            )
-            .margin(15)
-            .x_label_area_size(45)
-            .y_label_area_size(70)
-            .build_cartesian_2d(xs.log_scale(), ys.log_scale())
-            .map_err(|e| err(e.to_string()))?;
-        chart
-            .configure_mesh()
-            .x_desc("keys per party")
-            .y_desc("bytes per row")
-            .draw()
-            .map_err(|e| err(e.to_string()))?;
-        for (i, ((name, pts), (_, cpts))) in nodes.iter().zip(&coord).enumerate() {
-            let c = COLORS[i % COLORS.len()];
-            chart
-                .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
-                .map_err(|e| err(e.to_string()))?
-                .label(name.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
-            chart
-                .draw_series(DashedLineSeries::new(cpts.iter().copied(), 6, 4, c.into()))
-                .map_err(|e| err(e.to_string()))?;
-        }
-        chart
-            .configure_series_labels()
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.8))
-            .draw()
-            .map_err(|e| err(e.to_string()))?;
-        root.present().map_err(|e| err(e.to_string()))?;
-    }
-    Ok(())
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    root.present().map_err(|e| err(e.to_string()))
 }
 
 /// A Markdown table of the runs (for the README).
