@@ -924,7 +924,7 @@ mod tests {
             // Still held here (by this step)...
             Ok(busy.proto.try_read().is_ok_and(|g| g.is_some()))
         });
-        assert_eq!(inside.unwrap(), true);
+        assert!(inside.unwrap());
         // ...and gone once the step is done.
         assert!(busy.proto.read().unwrap().is_none());
     }
