@@ -45,8 +45,9 @@ pub enum PsiError {
         /// Length received.
         len: usize,
     },
-    /// A 32-byte string is not the canonical encoding of a Ristretto point.
-    #[error("element {index} is not a valid Ristretto point encoding")]
+    /// A 32-byte string is not the canonical encoding of a Ristretto point,
+    /// or encodes the identity.
+    #[error("element {index} is not a canonical Ristretto point encoding, or is the identity")]
     InvalidPoint {
         /// Position in the list.
         index: usize,
@@ -158,7 +159,12 @@ impl BlindingKey {
     }
 }
 
+/// A canonical encoding of a point other than the identity (whose
+/// encoding is all zeros; a blinded key is never the identity).
 fn decompress(b: &[u8]) -> Option<RistrettoPoint> {
+    if b.iter().all(|&x| x == 0) {
+        return None;
+    }
     CompressedRistretto::from_slice(b).ok()?.decompress()
 }
 

@@ -16,6 +16,7 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
 use curve25519_dalek::scalar::Scalar;
 use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
 use rand::{CryptoRng, Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
@@ -179,6 +180,12 @@ impl PairwiseSecret {
         MaskSeed(self.expand(b"mask-seed", analysis_hash, &[owner, unmasker]))
     }
 
+    /// The key with which `owner` authenticates its list's length to
+    /// `verifier`, a node that re-blinds the list.
+    pub fn length_key(&self, analysis_hash: &[u8; 32], owner: &str, verifier: &str) -> LengthKey {
+        LengthKey(self.expand(b"list-length", analysis_hash, &[owner, verifier]))
+    }
+
     /// The AEAD key with which `sender` seals the mask sum of `owner`'s list
     /// for `recipient`.
     pub fn seal_key(
@@ -189,6 +196,52 @@ impl PairwiseSecret {
         recipient: &str,
     ) -> SealKey {
         SealKey(self.expand(b"seal-key", analysis_hash, &[owner, sender, recipient]))
+    }
+}
+
+/// HMAC-SHA-256 key binding one list's length from its owner to one
+/// re-blinding node (see [`PairwiseSecret::length_key`]). Zeroized on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct LengthKey([u8; 32]);
+
+impl LengthKey {
+    fn mac(
+        &self,
+        sid: &SessionId,
+        analysis_hash: &[u8; 32],
+        owner: u32,
+        rows: u64,
+    ) -> Hmac<Sha256> {
+        let mut m = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&self.0)
+            .expect("HMAC takes a key of any length");
+        m.update(b"cleanroom/list-length/v1");
+        m.update(sid.as_bytes());
+        m.update(analysis_hash);
+        m.update(&owner.to_be_bytes());
+        m.update(&rows.to_be_bytes());
+        m
+    }
+
+    /// The tag on "list `owner` of session `sid` has `rows` rows".
+    pub fn tag(&self, sid: &SessionId, analysis_hash: &[u8; 32], owner: u32, rows: u64) -> Vec<u8> {
+        self.mac(sid, analysis_hash, owner, rows)
+            .finalize()
+            .into_bytes()
+            .to_vec()
+    }
+
+    /// Checks a tag (in constant time).
+    pub fn verify(
+        &self,
+        sid: &SessionId,
+        analysis_hash: &[u8; 32],
+        owner: u32,
+        rows: u64,
+        tag: &[u8],
+    ) -> bool {
+        self.mac(sid, analysis_hash, owner, rows)
+            .verify_slice(tag)
+            .is_ok()
     }
 }
 

@@ -468,3 +468,103 @@ async fn three_banks_100k_keys_each() {
     }
     cluster.stop().await;
 }
+
+/// Load: 20 analyses in a row, then 4 at once, against the same nodes: all
+/// equal the plaintext join, and no session outlives its run (nothing
+/// leaks: every node's session table is empty afterwards).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_in_a_row_and_four_at_once() {
+    let banks = banks(2, 9);
+    let text = analysis_text(2, 1, 1);
+    let cluster = Cluster::start(&banks, &[&text]).await;
+    let want = plaintext(&banks);
+    let check = |sid: &SessionId| {
+        let stored = cluster.store(1).result(sid).unwrap();
+        let got: BTreeMap<String, i64> = stored.rows[0]
+            .values
+            .iter()
+            .map(|v| (v.aggregate.clone(), v.value))
+            .collect();
+        assert_eq!(got, want);
+    };
+    for _ in 0..20 {
+        let r = cluster.run(&text, "coordinator").await.unwrap();
+        check(&r.sid);
+    }
+    let runs = futures::future::join_all((0..4).map(|_| cluster.run(&text, "coordinator"))).await;
+    for r in runs {
+        check(&r.unwrap().sid);
+    }
+    for node in &cluster.nodes {
+        assert_eq!(node.service.open_sessions(), 0, "a session leaked");
+    }
+    assert_eq!(cluster.results(1).len(), 24);
+    cluster.stop().await;
+}
+
+/// Bad data at a node: each query output problem is a clear error naming
+/// the node and the column, never a panic, never a cell value in what the
+/// coordinator receives, and nothing released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_data_is_a_clear_error_without_cell_values() {
+    let banks = banks(2, 11);
+    let good = "SELECT acct, sum(amount) AS amount, count(*) AS n FROM accounts GROUP BY acct";
+    let cases = [
+        // (bank-b's SQL, what the error must name)
+        (
+            "SELECT acct, -sum(amount) AS amount, count(*) AS n FROM accounts GROUP BY acct",
+            "\"amount\"",
+        ),
+        (
+            "SELECT acct, CAST(NULL AS BIGINT) AS amount, count(*) AS n FROM accounts GROUP BY acct",
+            "\"amount\"",
+        ),
+        (
+            "SELECT acct, sum(amount) AS amount, CAST(count(*) AS VARCHAR) AS n FROM accounts GROUP BY acct",
+            "\"n\"",
+        ),
+        (
+            "SELECT CASE WHEN acct < 'M' THEN NULL ELSE acct END AS acct, sum(amount) AS amount, count(*) AS n FROM accounts GROUP BY acct",
+            "\"acct\"",
+        ),
+        (
+            "SELECT CAST(length(acct) AS DOUBLE) AS acct, sum(amount) AS amount, count(*) AS n FROM accounts GROUP BY acct",
+            "\"acct\"",
+        ),
+        (
+            "SELECT acct, sum(amount) AS amount FROM accounts GROUP BY acct",
+            "\"n\"",
+        ),
+        // A query the engine rejects: the class only, never its text.
+        ("SELECT nope FROM accounts", "query engine"),
+    ];
+    let texts: Vec<String> = cases
+        .iter()
+        .map(|(sql, _)| {
+            let t = analysis_text(2, 1, 1);
+            let at = t.rfind(good).unwrap();
+            format!("{}{sql}{}", &t[..at], &t[at + good.len()..])
+        })
+        .collect();
+    let approved: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let cluster = Cluster::start(&banks, &approved).await;
+    let cells: Vec<String> = banks[1]
+        .rows
+        .iter()
+        .map(|r| r.0.trim().to_string())
+        .collect();
+    for ((_, names), text) in cases.iter().zip(&texts) {
+        let err = cluster.run(text, "coordinator").await.unwrap_err();
+        let shown = err.to_string();
+        match &err {
+            CoordinatorError::Node { node, .. } => assert_eq!(node, "bank-b", "{shown}"),
+            e => panic!("unexpected error {e}"),
+        }
+        assert!(shown.contains(names), "{shown} should name {names}");
+        for c in &cells {
+            assert!(!shown.contains(c.as_str()), "{shown} quotes a cell");
+        }
+        assert!(cluster.results(1).is_empty(), "nothing released");
+    }
+    cluster.stop().await;
+}

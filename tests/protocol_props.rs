@@ -249,9 +249,40 @@ fn node_steps_refuse_misuse() {
         .prepare(inputs(&[keys(0..20)])["bank-a"].clone(), &mut rng)
         .unwrap();
     // Nobody re-blinds its own list.
+    let tags = na.length_tags(list.masked.len);
     assert!(matches!(
-        na.reblind(0, &list.points),
+        na.open_reblind(0, list.masked.len, &tags[0]),
         Err(ProtocolError::Violation(_))
+    ));
+    // The re-blinding node takes the length only with its owner's tag:
+    // not another length, not the tag meant for another node, not none.
+    assert!(tags[0].is_empty() && tags[1].len() == 32);
+    for (rows, tag) in [
+        (list.masked.len + 1, tags[1].clone()),
+        (list.masked.len, Vec::new()),
+        (list.masked.len, vec![0u8; 32]),
+    ] {
+        assert!(
+            matches!(
+                nb.open_reblind(0, rows, &tag),
+                Err(ProtocolError::UnauthenticatedLength(ref p)) if p == "bank-a"
+            ),
+            "{rows}"
+        );
+    }
+    // ...and re-blinds no point beyond it; a bad point is named by position.
+    let mut stream = nb.open_reblind(0, list.masked.len, &tags[1]).unwrap();
+    assert!(nb.reblind(&mut stream, &list.points[..32 * 5]).is_ok());
+    let mut bad = list.points[32 * 5..32 * 8].to_vec();
+    bad[32..64].fill(0); // the identity, at list position 6
+    assert!(matches!(
+        nb.reblind(&mut stream, &bad),
+        Err(ProtocolError::InvalidPoint(6))
+    ));
+    assert!(nb.reblind(&mut stream, &list.points[32 * 5..]).is_ok());
+    assert!(matches!(
+        nb.reblind(&mut stream, &list.points[..32]),
+        Err(ProtocolError::Violation(ref m)) if m.contains("more points")
     ));
     // Only the unmasker of a list sums its masks, and only once.
     let ask = |owner, n: u64, len| MaskSumRequest {

@@ -25,7 +25,7 @@ pub async fn fetch_catalogs(
     tls: &TlsMaterial,
 ) -> Result<Vec<NodeCatalog>, CoordinatorError> {
     try_join_all(targets.iter().map(|t| async move {
-        let p = connect(t, tls).await?;
+        let p = connect(t, tls, crate::Deadlines::default().setup).await?;
         let tables = p
             .client
             .clone()

@@ -56,6 +56,14 @@ enum Command {
         /// Write the run's report (phases, bytes per node) as JSON here.
         #[arg(long, value_name = "FILE")]
         report_json: Option<PathBuf>,
+        /// Override a deadline, as PHASE=SECONDS (repeatable). Phases and
+        /// defaults: setup=30 (connect and setup), stall=60 (longest silence
+        /// on a stream while a node owes a message), local=14400 (a local
+        /// step's query and blinding), release=30 (mask sum and delivery),
+        /// release-per-1m=10 (added to a mask sum per million rows),
+        /// finish=10.
+        #[arg(long = "deadline", value_name = "PHASE=SECONDS")]
+        deadlines: Vec<String>,
     },
     /// Print each node's visible tables: names, columns, types and row
     /// counts rounded to two significant digits (never a value).
@@ -131,7 +139,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             name,
             events,
             report_json,
+            deadlines: overrides,
         } => {
+            let mut deadlines = crate::Deadlines::default();
+            for d in &overrides {
+                deadlines
+                    .set(d)
+                    .map_err(|e| anyhow::anyhow!("--deadline {e}"))?;
+            }
             let text = std::fs::read_to_string(&analysis)
                 .with_context(|| format!("reading {}", analysis.display()))?;
             let tls = TlsMaterial::from_dir(&tls_dir, &name)?;
@@ -150,6 +165,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let opts = RunOptions {
                 progress: progress && !events,
                 on_phase,
+                deadlines,
             };
             let report = run_analysis(&text, &nodes, &tls, &opts).await?;
             if let Some(path) = report_json {

@@ -208,21 +208,21 @@ pub fn plaintext_truth(d: &Dataset) -> BTreeMap<String, i64> {
                 .or_default() += 1;
         }
     }
-    let mut out = BTreeMap::from([
-        ("count".to_string(), 0),
-        ("sum(bank-a.transfers)".to_string(), 0),
-        ("sum(bank-a.amount_cents)".to_string(), 0),
-        ("sum(bank-b.cashouts)".to_string(), 0),
-    ]);
+    let (mut count, mut transfers, mut cents, mut cashouts) = (0, 0, 0, 0);
     for (k, (n, amount)) in &a {
         if let Some(c) = b.get(k) {
-            *out.get_mut("count").expect("present") += 1;
-            *out.get_mut("sum(bank-a.transfers)").expect("present") += n;
-            *out.get_mut("sum(bank-a.amount_cents)").expect("present") += amount;
-            *out.get_mut("sum(bank-b.cashouts)").expect("present") += c;
+            count += 1;
+            transfers += n;
+            cents += amount;
+            cashouts += c;
         }
     }
-    out
+    BTreeMap::from([
+        ("count".to_string(), count),
+        ("sum(bank-a.transfers)".to_string(), transfers),
+        ("sum(bank-a.amount_cents)".to_string(), cents),
+        ("sum(bank-b.cashouts)".to_string(), cashouts),
+    ])
 }
 
 /// Writes Bank A's `transfers.csv` into `a` and Bank B's `deposits.csv`,
@@ -271,12 +271,13 @@ pub fn loopback_node_config(
     std::fs::write(&key_path, key.to_hex())?;
     Ok(NodeConfig {
         name: name.to_string(),
-        listen: "127.0.0.1:0".parse().expect("valid address"),
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         state_dir: dir.join(format!("state-{name}")),
         identity_key: key_path,
         authorized_coordinators: vec!["coordinator".into()],
         session_ttl_secs: 3600,
         session_max_secs: 86_400,
+        stream_idle_secs: 120,
         tls: TlsFiles {
             cert: certs.join(format!("{name}.pem")),
             key: certs.join(format!("{name}.key")),

@@ -8,13 +8,17 @@
 //! what nodes show of their tables; [`demo`] runs the whole thing on
 //! synthetic bank data on loopback.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod bench;
 pub mod catalog;
 pub mod cli;
+pub mod deadline;
 pub mod demo;
 mod pipeline;
 pub mod run;
 
+pub use deadline::Deadlines;
 pub use run::{
     CoordinatorError, NodeTarget, PhaseEdge, PhaseHook, RunOptions, RunReport, run_analysis,
 };

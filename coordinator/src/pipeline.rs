@@ -6,10 +6,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use cleanroom::protocol::{MAX_LIST_ROWS, MaskedList, ring};
+use cleanroom::protocol::{MAX_LIST_ROWS, MaskedList, ProtocolError, ring};
 use cleanroom::psi::{POINT_LEN, TRUNCATED_LEN};
-use cleanroom_proto::v1::{LocalStepRequest, PointChunk, ReblindChunk, SessionRef};
+use cleanroom_proto::v1::{ListChunk, LocalStepRequest, PointChunk, ReblindChunk, SessionRef};
 use futures::future::{BoxFuture, try_join_all};
 use indicatif::ProgressBar;
 use prost::Message;
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
+use crate::deadline::{Deadlines, next_message, unary};
 use crate::run::{CoordinatorError, Peer};
 
 /// Chunks buffered between two hops.
@@ -56,6 +58,42 @@ async fn closed_early(hop: &Peer) -> CoordinatorError {
     hop.bad("stopped reading its re-blind stream early")
 }
 
+/// The next hop of a list: where its points go, and how many it owes back.
+struct Hop<'a> {
+    peer: &'a Peer,
+    tx: mpsc::Sender<ReblindChunk>,
+    owed: Arc<AtomicU64>,
+    /// The list's length and its owner's tag for this hop, relayed with
+    /// the first chunk.
+    header: Option<(u64, Vec<u8>)>,
+}
+
+impl Hop<'_> {
+    /// Queues `points` (whole 32-byte points) for the hop.
+    async fn send(
+        &mut self,
+        session: &SessionRef,
+        owner: usize,
+        points: Vec<u8>,
+    ) -> Result<(), CoordinatorError> {
+        let k = (points.len() / POINT_LEN) as u64;
+        let (list_rows, length_tag) = self.header.take().unwrap_or_default();
+        let msg = ReblindChunk {
+            session: Some(session.clone()),
+            owner: owner as u32,
+            points,
+            list_rows,
+            length_tag,
+        };
+        self.peer.traffic.sent(msg.encoded_len());
+        self.owed.fetch_add(k, Ordering::SeqCst);
+        if self.tx.send(msg).await.is_err() {
+            return Err(closed_early(self.peer).await);
+        }
+        Ok(())
+    }
+}
+
 /// What the coordinator keeps of one list after the ring.
 pub(crate) struct RingOutput {
     /// Masked values, width, length, dummies.
@@ -64,53 +102,100 @@ pub(crate) struct RingOutput {
     pub finals: Vec<u8>,
 }
 
-/// Streams list `owner` from its local step through its route.
+/// Streams list `owner` from its local step through its route. The
+/// `stall` deadline bounds every silence during which a node owes a
+/// message, `local` the owner's local step.
 pub(crate) async fn through_ring(
     peers: &[Peer],
     session: &SessionRef,
     owner: usize,
     width: usize,
+    deadlines: &Deadlines,
     received: &ProgressBar,
     finished: &ProgressBar,
 ) -> Result<RingOutput, CoordinatorError> {
+    let (stall, local_limit) = (deadlines.stall, deadlines.local);
     let n = peers.len();
     let route = ring::route(owner, n);
     let source = &peers[owner];
-    let local = source
-        .client
-        .clone()
-        .local_step(LocalStepRequest {
+    let mut local = unary(
+        source,
+        "local step",
+        stall,
+        source.client.clone().local_step(LocalStepRequest {
             session: Some(session.clone()),
-        })
-        .await
-        .map_err(source.fail("local step"))?
-        .into_inner();
-    // One re-blind stream per hop, fed from a channel.
+        }),
+    )
+    .await?;
+    // Until its list is ready the owner sends heartbeats; the re-blind
+    // streams open with the first data chunk, so no hop waits idle through
+    // the owner's query.
+    let started = tokio::time::Instant::now();
+    let mut first_chunk = loop {
+        if started.elapsed() > local_limit {
+            return Err(source.stalled("local step", local_limit));
+        }
+        match next_message(source, "local step", &mut local, stall, || true).await? {
+            Some(c) if c.heartbeat => {
+                source.traffic.received(c.encoded_len());
+            }
+            Some(c) => break c,
+            None => return Err(source.bad("the local step sent nothing")),
+        }
+    };
+    // The owner's tags on its list's length, one per party, each relayed to
+    // the node it is for (which checks it; the coordinator cannot).
+    if first_chunk.length_tags.len() != n {
+        return Err(source.bad("the list's length tags do not match the parties"));
+    }
+    let mut tags = std::mem::take(&mut first_chunk.length_tags);
+    let first_chunk_rows = first_chunk.total_rows;
+    // One re-blind stream per hop, fed from a channel; `owed[k]` counts the
+    // points queued for hop k (it owes them back).
     let mut senders = Vec::new();
     let mut replies = Vec::new();
+    let owed: Vec<Arc<AtomicU64>> = route.iter().map(|_| Arc::default()).collect();
     for &hop in &route {
         let (tx, rx) = mpsc::channel::<ReblindChunk>(IN_FLIGHT);
         let p = &peers[hop];
-        let reply = p
-            .client
-            .clone()
-            .reblind(ReceiverStream::new(rx))
-            .await
-            .map_err(p.fail("re-blind"))?
-            .into_inner();
+        let reply = unary(
+            p,
+            "re-blind",
+            stall,
+            p.client.clone().reblind(ReceiverStream::new(rx)),
+        )
+        .await?;
         senders.push(tx);
         replies.push(reply);
     }
     let announced = Arc::new(Announced(AtomicU64::new(u64::MAX)));
     let mut stages: Vec<BoxFuture<'_, Result<Option<RingOutput>, CoordinatorError>>> = Vec::new();
     let mut senders = senders.into_iter();
-    let first = senders.next().expect("a ring has at least one hop");
+    let Some(first) = senders.next() else {
+        return Err(CoordinatorError::Protocol(ProtocolError::Violation(
+            "a ring needs at least two parties".into(),
+        )));
+    };
     stages.push(Box::pin({
         let announced = announced.clone();
-        let hop = &peers[route[0]];
+        let hop = Hop {
+            peer: &peers[route[0]],
+            tx: first,
+            owed: owed[0].clone(),
+            header: Some((first_chunk.total_rows, std::mem::take(&mut tags[route[0]]))),
+        };
         async move {
             let masked = feed(
-                source, hop, local, first, session, owner, width, &announced, received,
+                source,
+                first_chunk,
+                local,
+                hop,
+                stall,
+                session,
+                owner,
+                width,
+                &announced,
+                received,
             )
             .await?;
             Ok(Some(RingOutput {
@@ -123,18 +208,18 @@ pub(crate) async fn through_ring(
     for (k, reply) in replies.into_iter().enumerate() {
         let from = &peers[route[k]];
         let out_len = if k == last { TRUNCATED_LEN } else { POINT_LEN };
-        let next = if k == last {
-            None
-        } else {
-            Some((
-                senders.next().expect("one sender per hop"),
-                &peers[route[k + 1]],
-            ))
-        };
+        // Hop k forwards to hop k + 1; the last hop's output stays here.
+        let next = senders.next().map(|tx| Hop {
+            peer: &peers[route[k + 1]],
+            tx,
+            owed: owed[k + 1].clone(),
+            header: Some((first_chunk_rows, std::mem::take(&mut tags[route[k + 1]]))),
+        });
         let announced = announced.clone();
+        let mine = owed[k].clone();
         stages.push(Box::pin(async move {
             let finals = relay(
-                from, reply, out_len, next, session, owner, &announced, finished,
+                from, reply, mine, out_len, next, stall, session, owner, &announced, finished,
             )
             .await?;
             Ok(finals.map(|finals| RingOutput {
@@ -143,10 +228,17 @@ pub(crate) async fn through_ring(
             }))
         }));
     }
+    // The feed's output (masked values) and the last hop's (final points).
     let mut outs = try_join_all(stages).await?.into_iter().flatten();
-    let mut first = outs.next().expect("the feed's output");
-    first.finals = outs.next().expect("the last hop's output").finals;
-    Ok(first)
+    match (outs.next(), outs.next()) {
+        (Some(mut first), Some(last)) => {
+            first.finals = last.finals;
+            Ok(first)
+        }
+        _ => Err(CoordinatorError::Protocol(ProtocolError::Violation(
+            "the ring produced no final list".into(),
+        ))),
+    }
 }
 
 /// Reads the owner's local step: keeps masked values and dummies, checks
@@ -154,9 +246,10 @@ pub(crate) async fn through_ring(
 #[allow(clippy::too_many_arguments)]
 async fn feed(
     source: &Peer,
-    hop: &Peer,
-    mut local: Streaming<cleanroom_proto::v1::ListChunk>,
-    tx: mpsc::Sender<ReblindChunk>,
+    first_chunk: ListChunk,
+    mut local: Streaming<ListChunk>,
+    mut hop: Hop<'_>,
+    stall: Duration,
     session: &SessionRef,
     owner: usize,
     width: usize,
@@ -169,8 +262,19 @@ async fn feed(
     };
     let mut rows = 0u64;
     let mut first = true;
-    while let Some(chunk) = local.message().await.map_err(source.fail("local step"))? {
+    let mut pending = Some(first_chunk);
+    loop {
+        let chunk = match pending.take() {
+            Some(c) => c,
+            None => match next_message(source, "local step", &mut local, stall, || true).await? {
+                Some(c) => c,
+                None => break,
+            },
+        };
         source.traffic.received(chunk.encoded_len());
+        if chunk.heartbeat {
+            return Err(source.bad("a heartbeat after the list started"));
+        }
         if first {
             if chunk.total_rows > MAX_LIST_ROWS {
                 return Err(source.bad(format!("list longer than {MAX_LIST_ROWS} rows")));
@@ -183,8 +287,8 @@ async fn feed(
             list.dummies = chunk.dummy_positions.clone();
         } else if chunk.total_rows != list.len {
             return Err(source.bad("inconsistent list length"));
-        } else if !chunk.dummy_positions.is_empty() {
-            return Err(source.bad("dummy positions outside the first chunk"));
+        } else if !chunk.dummy_positions.is_empty() || !chunk.length_tags.is_empty() {
+            return Err(source.bad("dummy positions or length tags outside the first chunk"));
         }
         first = false;
         let k = chunk.points.len() / POINT_LEN;
@@ -201,18 +305,7 @@ async fn feed(
             (list.len as usize).saturating_mul(width),
         );
         received.inc(k as u64);
-        let msg = ReblindChunk {
-            session: Some(session.clone()),
-            owner: owner as u32,
-            points: chunk.points,
-        };
-        hop.traffic.sent(msg.encoded_len());
-        if tx.send(msg).await.is_err() {
-            return Err(closed_early(hop).await);
-        }
-    }
-    if first {
-        return Err(source.bad("the local step sent nothing"));
+        hop.send(session, owner, chunk.points).await?;
     }
     if rows != list.len {
         return Err(source.bad("list shorter than announced"));
@@ -230,8 +323,10 @@ async fn feed(
 async fn relay(
     from: &Peer,
     mut reply: Streaming<PointChunk>,
+    owed: Arc<AtomicU64>,
     out_len: usize,
-    next: Option<(mpsc::Sender<ReblindChunk>, &Peer)>,
+    mut next: Option<Hop<'_>>,
+    stall: Duration,
     session: &SessionRef,
     owner: usize,
     announced: &Announced,
@@ -239,29 +334,27 @@ async fn relay(
 ) -> Result<Option<Vec<u8>>, CoordinatorError> {
     let mut finals = Vec::new();
     let mut rows = 0u64;
-    while let Some(chunk) = reply.message().await.map_err(from.fail("re-blind"))? {
+    let returned = AtomicU64::new(0);
+    // The hop owes points it was sent, and, once it returned the whole
+    // list, the end of its stream.
+    let owes = || {
+        let back = returned.load(Ordering::SeqCst);
+        owed.load(Ordering::SeqCst) > back || announced.get() == Some(back)
+    };
+    while let Some(chunk) = next_message(from, "re-blind", &mut reply, stall, owes).await? {
         from.traffic.received(chunk.encoded_len());
         if chunk.points.len() % out_len != 0 {
             return Err(from.bad("re-blinded chunk is not a whole number of points"));
         }
         let k = (chunk.points.len() / out_len) as u64;
         rows += k;
+        returned.store(rows, Ordering::SeqCst);
         // Stop reading a stream as soon as it exceeds the announced length.
         if announced.get().is_none_or(|len| rows > len) {
             return Err(from.bad("re-blinded list longer than announced"));
         }
-        match &next {
-            Some((tx, to)) => {
-                let msg = ReblindChunk {
-                    session: Some(session.clone()),
-                    owner: owner as u32,
-                    points: chunk.points,
-                };
-                to.traffic.sent(msg.encoded_len());
-                if tx.send(msg).await.is_err() {
-                    return Err(closed_early(to).await);
-                }
-            }
+        match &mut next {
+            Some(hop) => hop.send(session, owner, chunk.points).await?,
             None => {
                 let limit = announced.get().unwrap_or(0) as usize * out_len;
                 append_bounded(&mut finals, &chunk.points, limit);

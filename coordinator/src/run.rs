@@ -9,9 +9,9 @@ use cleanroom::protocol::{Layout, ProtocolError, plan_release, ring};
 use cleanroom::session::os_rng;
 use cleanroom::{Analysis, AnalysisHash, SessionId};
 use cleanroom_node::tls::TlsMaterial;
-use cleanroom_proto::MAX_MESSAGE_BYTES;
 use cleanroom_proto::v1::node_client::NodeClient;
 use cleanroom_proto::v1::*;
+use cleanroom_proto::{KEEPALIVE, KEEPALIVE_TIMEOUT, MAX_MESSAGE_BYTES};
 use futures::future::try_join_all;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use prost::Message;
@@ -19,6 +19,7 @@ use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
+use crate::deadline::{Deadlines, request, unary};
 use crate::pipeline::through_ring;
 
 /// A node to run against: party name (its certificate name) and URL.
@@ -66,12 +67,15 @@ pub struct RunOptions {
     pub progress: bool,
     /// Told at each phase boundary (benchmarks sample processes there).
     pub on_phase: Option<PhaseHook>,
+    /// How long to wait for each node, per phase.
+    pub deadlines: Deadlines,
 }
 
 impl std::fmt::Debug for RunOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunOptions")
             .field("progress", &self.progress)
+            .field("deadlines", &self.deadlines)
             .finish_non_exhaustive()
     }
 }
@@ -176,6 +180,17 @@ pub enum CoordinatorError {
         /// Message from the node.
         message: String,
     },
+    /// A node missed a deadline: it did not answer a call, or stayed
+    /// silent on a stream while it owed a message, for too long.
+    #[error("node {node} stalled in {call}: nothing within {seconds} s")]
+    Stalled {
+        /// Party.
+        node: String,
+        /// The call (phase) it stalled in.
+        call: &'static str,
+        /// The deadline that passed.
+        seconds: f64,
+    },
     /// A node sent something that does not fit the protocol.
     #[error("node {node}: bad response: {message}")]
     BadResponse {
@@ -194,6 +209,11 @@ impl CoordinatorError {
     /// a count, a value or another party's error text.
     pub fn abort_reason(&self) -> AbortReason {
         match self {
+            CoordinatorError::Stalled { .. }
+            | CoordinatorError::Node {
+                code: tonic::Code::DeadlineExceeded,
+                ..
+            } => AbortReason::Timeout,
             CoordinatorError::Node { call: "setup", .. } => AbortReason::SetupRefused,
             CoordinatorError::Node { .. } | CoordinatorError::Connect { .. } => {
                 AbortReason::NodeFailed
@@ -225,6 +245,13 @@ impl Peer {
             message: s.message().to_string(),
         }
     }
+    pub(crate) fn stalled(&self, call: &'static str, limit: Duration) -> CoordinatorError {
+        CoordinatorError::Stalled {
+            node: self.name.clone(),
+            call,
+            seconds: limit.as_secs_f64(),
+        }
+    }
     pub(crate) fn bad(&self, message: impl Into<String>) -> CoordinatorError {
         CoordinatorError::BadResponse {
             node: self.name.clone(),
@@ -253,6 +280,7 @@ fn refused(e: &tonic::transport::Error) -> bool {
 pub(crate) async fn connect(
     target: &NodeTarget,
     tls: &TlsMaterial,
+    limit: Duration,
 ) -> Result<Peer, CoordinatorError> {
     let err = |m: String| CoordinatorError::Connect {
         node: target.name.clone(),
@@ -262,12 +290,26 @@ pub(crate) async fn connect(
         .map_err(|e| err(e.to_string()))?
         .tls_config(tls.client_config(&target.name))
         .map_err(|e| err(e.to_string()))?
-        .connect_timeout(Duration::from_secs(10));
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_keepalive(Some(KEEPALIVE))
+        .http2_keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
     // A node that is still starting refuses connections for a moment: retry
     // refused connections (only those) for up to CONNECT_PATIENCE.
     let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
     let channel = loop {
-        match endpoint.connect().await {
+        // `connect_timeout` covers TCP only; a peer that accepts and then
+        // never completes TLS or HTTP/2 must not hang the run.
+        let attempt = tokio::time::timeout(limit, endpoint.connect())
+            .await
+            .map_err(|_| {
+                err(format!(
+                    "no TLS / HTTP/2 handshake within {} s",
+                    limit.as_secs_f64()
+                ))
+            })?;
+        match attempt {
             Ok(c) => break c,
             Err(e) if refused(&e) && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -346,7 +388,7 @@ impl Progress {
         let pb = self.multi.add(ProgressBar::new(len));
         pb.set_style(
             ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} {msg}")
-                .expect("valid template")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );
         pb.set_prefix(name.to_string());
@@ -380,7 +422,8 @@ pub async fn run_analysis(
             .ok_or_else(|| CoordinatorError::MissingNode(name.to_string()))?;
         ordered.push(t.clone());
     }
-    let peers = try_join_all(ordered.iter().map(|t| connect(t, tls))).await?;
+    let limit = opts.deadlines.setup;
+    let peers = try_join_all(ordered.iter().map(|t| connect(t, tls, limit))).await?;
     let sid = SessionId::random(&mut os_rng());
     let session = SessionRef {
         sid: sid.as_bytes().to_vec(),
@@ -393,6 +436,7 @@ pub async fn run_analysis(
     // Step 1: setup. A refusal here opened no session at that node; abort the others.
     clock.start("setup");
     let setup = progress.phase("setup", peers.len() as u64);
+    let deadlines = &opts.deadlines;
     let results = futures::future::join_all(peers.iter().map(|p| {
         let mut c = p.client.clone();
         let req = SetupRequest {
@@ -402,16 +446,22 @@ pub async fn run_analysis(
         p.traffic.sent(req.encoded_len());
         let pb = setup.clone();
         async move {
-            let r = c.setup(req).await.map_err(p.fail("setup"));
+            let r = unary(
+                p,
+                "setup",
+                deadlines.setup,
+                c.setup(request(req, deadlines.setup)),
+            )
+            .await;
             if let Ok(resp) = &r {
-                p.traffic.received(resp.get_ref().encoded_len());
+                p.traffic.received(resp.encoded_len());
             }
             pb.inc(1);
             r.and_then(|resp| {
-                if resp.get_ref().party == p.name {
+                if resp.party == p.name {
                     Ok(())
                 } else {
-                    Err(p.bad(format!("answered as party {:?}", resp.get_ref().party)))
+                    Err(p.bad(format!("answered as party {:?}", resp.party)))
                 }
             })
         }
@@ -419,15 +469,18 @@ pub async fn run_analysis(
     .await;
     setup.finish();
     if let Some(e) = results.into_iter().find_map(Result::err) {
-        abort(&peers, &session, &e).await;
+        abort(&peers, &session, &e, deadlines).await;
         return Err(e);
     }
 
-    let outcome = drive(&analysis, &peers, &session, &progress, &mut clock).await;
+    let outcome = drive(
+        &analysis, &peers, &session, &progress, &mut clock, deadlines,
+    )
+    .await;
     match outcome {
         Ok(stored_as) => {
             clock.start("finish");
-            finish(&peers, &session, None).await;
+            finish(&peers, &session, None, deadlines).await;
             clock.end();
             info!(%sid, recipient = %analysis.recipient, "result delivered to the recipient's node");
             Ok(RunReport {
@@ -450,31 +503,45 @@ pub async fn run_analysis(
             })
         }
         Err(e) => {
-            abort(&peers, &session, &e).await;
+            abort(&peers, &session, &e, deadlines).await;
             Err(e)
         }
     }
 }
 
-async fn abort(peers: &[Peer], session: &SessionRef, e: &CoordinatorError) {
+async fn abort(peers: &[Peer], session: &SessionRef, e: &CoordinatorError, d: &Deadlines) {
     let reason = e.abort_reason();
     // The coordinator's own log names the node and the class of failure; the
     // errors it logs carry no counts (ProtocolError::TooFewMatches has none).
     warn!(class = reason.as_str_name(), "run aborted: {e}");
-    finish(peers, session, Some(reason)).await;
+    finish(peers, session, Some(reason), d).await;
 }
 
-async fn finish(peers: &[Peer], session: &SessionRef, abort_reason: Option<AbortReason>) {
-    for p in peers {
+/// Tells every node, at once, that the run ended: a stalled node costs at
+/// most the finish deadline and does not delay the others.
+async fn finish(
+    peers: &[Peer],
+    session: &SessionRef,
+    abort_reason: Option<AbortReason>,
+    d: &Deadlines,
+) {
+    futures::future::join_all(peers.iter().map(|p| {
         let req = FinishRequest {
             session: Some(session.clone()),
             aborted: abort_reason.is_some(),
             reason: abort_reason.unwrap_or(AbortReason::Unspecified) as i32,
         };
         p.traffic.sent(req.encoded_len());
-        // Best effort: a node that never opened the session answers NotFound.
-        let _ = p.client.clone().finish(req).await;
-    }
+        let mut c = p.client.clone();
+        async move {
+            // Best effort: a node that never opened the session answers
+            // NotFound, a stalled one times out (its session expires).
+            if let Err(e) = unary(p, "finish", d.finish, c.finish(request(req, d.finish))).await {
+                warn!("finish not acknowledged: {e}");
+            }
+        }
+    }))
+    .await;
 }
 
 /// Steps 2–6 once every node has accepted the session.
@@ -484,6 +551,7 @@ async fn drive(
     session: &SessionRef,
     progress: &Progress,
     clock: &mut Clock<'_>,
+    deadlines: &Deadlines,
 ) -> Result<String, CoordinatorError> {
     let n = peers.len();
     // Steps 2 and 3, streamed: every list leaves its owner and goes around
@@ -501,6 +569,7 @@ async fn drive(
                 session,
                 owner,
                 layout.row_width(owner),
+                deadlines,
                 &received,
                 &finished,
             )
@@ -539,13 +608,14 @@ async fn drive(
                 pad: ask.pad,
             };
             unmasker.traffic.sent(req.encoded_len());
-            let r = unmasker
-                .client
-                .clone()
-                .mask_sum(req)
-                .await
-                .map_err(unmasker.fail("mask sum"))?
-                .into_inner();
+            let limit = deadlines.mask_sum(list.len);
+            let r = unary(
+                unmasker,
+                "mask sum",
+                limit,
+                unmasker.client.clone().mask_sum(request(req, limit)),
+            )
+            .await?;
             unmasker.traffic.received(r.encoded_len());
             pb.inc(1);
             Ok::<_, CoordinatorError>(r.sealed)
@@ -554,9 +624,10 @@ async fn drive(
     .await?;
 
     // Step 6: deliver to the recipient's node, which unmasks and stores.
-    let recipient = &peers[analysis
+    let recipient = analysis
         .party_index(&analysis.recipient)
-        .expect("validated recipient")];
+        .map(|i| &peers[i])
+        .ok_or_else(|| ProtocolError::UnknownParty(analysis.recipient.clone()))?;
     let req = DeliverRequest {
         session: Some(session.clone()),
         count: plan.count,
@@ -572,13 +643,16 @@ async fn drive(
             .collect(),
     };
     recipient.traffic.sent(req.encoded_len());
-    let resp = recipient
-        .client
-        .clone()
-        .deliver(req)
-        .await
-        .map_err(recipient.fail("deliver"))?
-        .into_inner();
+    let resp = unary(
+        recipient,
+        "deliver",
+        deadlines.release,
+        recipient
+            .client
+            .clone()
+            .deliver(request(req, deadlines.release)),
+    )
+    .await?;
     recipient.traffic.received(resp.encoded_len());
     release.inc(1);
     release.finish();

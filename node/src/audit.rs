@@ -227,6 +227,10 @@ pub fn chain(records: &[Record]) -> Vec<Stored> {
         .enumerate()
         .map(|(i, r)| {
             let seq = i as u64 + 1;
+            #[allow(
+                clippy::expect_used,
+                reason = "a Record (strings, integers, floats) always serializes"
+            )]
             let json = serde_json::to_string(r).expect("records serialize");
             let hash = chain_hash(seq, &prev, &json);
             let s = Stored {

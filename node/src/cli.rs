@@ -151,7 +151,12 @@ pub fn format_results(results: &[Release], format: Format) -> String {
     for r in results {
         match format {
             Format::Json => {
-                out += &serde_json::to_string(r).expect("release serializes");
+                #[allow(
+                    clippy::expect_used,
+                    reason = "a Release (strings and integers) always serializes"
+                )]
+                let line = serde_json::to_string(r).expect("release serializes");
+                out += &line;
                 out.push('\n');
             }
             Format::Table => {
@@ -328,10 +333,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             tracing::info!(party = %name, addr = %node.addr, "serving");
             // The bound address on stdout, so scripts can use port 0.
             println!("listening on {}", node.addr);
-            tokio::signal::ctrl_c()
-                .await
-                .context("waiting for Ctrl-C")?;
+            // SIGTERM (orchestrators) or Ctrl-C: a graceful stop.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .context("installing the SIGTERM handler")?;
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+                _ = term.recv() => {}
+            }
+            tracing::info!("stopping: open sessions are aborted");
             node.shutdown().await?;
+            tracing::info!("stopped");
         }
         Command::Approve { config, analysis } => {
             let cfg = NodeConfig::load(&config)?;

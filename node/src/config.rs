@@ -9,6 +9,7 @@
 //! authorized_coordinators = ["coordinator"]
 //! session_ttl_secs = 3600              # idle sessions expire (optional)
 //! session_max_secs = 86400             # any session expires (optional)
+//! stream_idle_secs = 120               # silent re-blind streams end (optional)
 //! [tls]
 //! cert = "certs/bank-a.pem"
 //! key = "certs/bank-a.key"
@@ -74,6 +75,11 @@ pub struct NodeConfig {
     /// (default 86400): a coordinator cannot keep secrets alive forever.
     #[serde(default = "default_session_max")]
     pub session_max_secs: u64,
+    /// Seconds a re-blind stream may stay silent before the node ends it
+    /// (default 120; chunks are small, so a healthy coordinator sends one
+    /// every fraction of a second).
+    #[serde(default = "default_stream_idle")]
+    pub stream_idle_secs: u64,
     /// Peer party name → pinned identity public key: 64 hex characters, or
     /// the path of a file that holds them (as written by `keygen`).
     #[serde(default)]
@@ -82,6 +88,10 @@ pub struct NodeConfig {
     /// visibility. An identity without an entry gets [`Policy::default`].
     #[serde(default)]
     pub policy: BTreeMap<String, Policy>,
+}
+
+fn default_stream_idle() -> u64 {
+    120
 }
 
 fn default_session_max() -> u64 {
@@ -96,9 +106,17 @@ impl NodeConfig {
     /// Reads and validates a config file, resolving relative paths.
     pub fn load(path: &Path) -> Result<Self, NodeError> {
         let text = std::fs::read_to_string(path).map_err(|e| NodeError::io(path, e))?;
-        let mut c: NodeConfig = toml::from_str(&text)
-            .map_err(|e| NodeError::Config(format!("{}: {}", path.display(), e.message())))?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, path.parent().unwrap_or(Path::new("."))).map_err(|e| match e {
+            NodeError::Config(m) => NodeError::Config(format!("{}: {m}", path.display())),
+            e => e,
+        })
+    }
+
+    /// Parses and validates a config's text, resolving relative paths
+    /// against `base` (pinned peer keys given as files are read).
+    pub fn parse(text: &str, base: &Path) -> Result<Self, NodeError> {
+        let mut c: NodeConfig =
+            toml::from_str(text).map_err(|e| NodeError::Config(e.message().to_string()))?;
         c.resolve(base);
         c.validate()?;
         Ok(c)
@@ -145,6 +163,19 @@ impl NodeConfig {
                         "policy.{name}.catalog_tables: no table {t:?} in [tables]"
                     )));
                 }
+            }
+        }
+        // The idle TTL must outlast two heartbeats of a running local step.
+        let min_ttl = 2 * crate::service::HEARTBEAT.as_secs();
+        for (field, v, min) in [
+            ("session_ttl_secs", self.session_ttl_secs, min_ttl),
+            ("session_max_secs", self.session_max_secs, min_ttl),
+            ("stream_idle_secs", self.stream_idle_secs, 1),
+        ] {
+            if v < min || v > 30 * 86_400 {
+                return Err(NodeError::Config(format!(
+                    "{field} must be between {min} and 2592000 seconds (30 days), not {v}"
+                )));
             }
         }
         self.peer_keys()?;

@@ -6,6 +6,12 @@
 //! budget before any data is read, keeps a hash-chained [`audit`] log in its
 //! [`store`], and serves the protocol steps of the core crate over gRPC.
 //! The `cleanroom-node` binary is a thin CLI over [`cli`].
+//!
+//! No `unwrap`/`expect` outside tests (clippy denies them): every input from
+//! the network or a file ends in a typed error. The few `expect`s left state
+//! invariants of this code, each allowed where it stands with its reason.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use std::path::{Path, PathBuf};
 

@@ -1,3 +1,6 @@
+//! Thin binary over the library's CLI.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use clap::Parser;
 
 #[tokio::main]

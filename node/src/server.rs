@@ -3,19 +3,23 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use cleanroom_proto::MAX_MESSAGE_BYTES;
 use cleanroom_proto::v1::node_server::NodeServer;
+use cleanroom_proto::{KEEPALIVE, KEEPALIVE_TIMEOUT, MAX_MESSAGE_BYTES};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
 
 use crate::clock::{Clock, SystemClock};
 use crate::service::NodeService;
 use crate::tls::TlsMaterial;
 use crate::wiretap::{TapLayer, WireTap};
 use crate::{NodeConfig, NodeError};
+
+/// How long a shutdown waits for calls in flight.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often a serving node looks for expired sessions.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -31,17 +35,41 @@ pub struct RunningNode {
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
     sweeper: JoinHandle<()>,
+    health: HealthReporter,
 }
 
 impl RunningNode {
-    /// Stops the server and waits for it.
+    /// Stops the server gracefully: the health service reports NOT_SERVING,
+    /// every open session is aborted (secrets dropped, abort recorded,
+    /// nothing released), calls in flight end (they find their session
+    /// closed), and the server stops accepting; it waits up to
+    /// [`SHUTDOWN_GRACE`] for calls in flight, then drops them.
     pub async fn shutdown(self) -> Result<(), NodeError> {
-        let _ = self.stop.send(());
+        self.health
+            .set_not_serving::<NodeServer<NodeService>>()
+            .await;
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         self.sweeper.abort();
-        self.task
+        let service = self.service.clone();
+        let aborted = tokio::task::spawn_blocking(move || service.abort_all_sessions())
             .await
-            .map_err(|e| NodeError::Transport(e.to_string()))?
-            .map_err(|e| NodeError::Transport(e.to_string()))
+            .map_err(|e| NodeError::Transport(e.to_string()))?;
+        if aborted > 0 {
+            tracing::warn!(aborted, "shutdown: open sessions aborted");
+        }
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+            Ok(r) => r
+                .map_err(|e| NodeError::Transport(e.to_string()))?
+                .map_err(|e| NodeError::Transport(e.to_string())),
+            Err(_) => {
+                task.abort();
+                Ok(())
+            }
+        }
     }
 }
 
@@ -88,13 +116,23 @@ pub async fn spawn_with(config: NodeConfig, opts: ServeOptions) -> Result<Runnin
         .local_addr()
         .map_err(|e| NodeError::Transport(e.to_string()))?;
     let service = NodeService::new(config, clock).await?;
+    // The standard gRPC health service (grpc.health.v1) for deployment
+    // probes, behind the same mutual TLS: "" and "cleanroom.v1.Node".
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<NodeServer<NodeService>>().await;
     let svc = NodeServer::new(service.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let router = Server::builder()
+        // Dead coordinators and half-open connections are noticed even
+        // when no call is in flight.
+        .tcp_keepalive(Some(KEEPALIVE))
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .tls_config(tls.server_config())
         .map_err(|e| NodeError::Tls(e.to_string()))?
         .layer(TapLayer(opts.tap))
+        .add_service(health_service)
         .add_service(svc);
     // Expire idle sessions even when no request arrives (a coordinator that
     // vanished mid-run): their secrets are dropped and the expiry recorded.
@@ -125,5 +163,6 @@ pub async fn spawn_with(config: NodeConfig, opts: ServeOptions) -> Result<Runnin
         stop,
         task,
         sweeper,
+        health,
     })
 }

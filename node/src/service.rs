@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use cleanroom::protocol::ReblindStream as ReblindState;
 use cleanroom::protocol::{Delivery, MaskShare, MaskSumRequest as CoreMaskSum, NodeSession};
 use cleanroom::protocol::{PeerKeys, ProtocolError, RowBatch, ShuffledList};
 use cleanroom::psi::POINT_LEN;
@@ -71,6 +72,14 @@ struct Session {
     /// Lists this node has started re-blinding: one stream per list, so the
     /// node cannot be used as a blinding oracle.
     reblinded: Mutex<HashSet<u32>>,
+}
+
+/// How often a node running its local step tells the coordinator it is
+/// alive (a wire parameter both sides know).
+pub use cleanroom_proto::HEARTBEAT;
+
+fn shutting_down() -> Status {
+    Status::unavailable("the node is shutting down")
 }
 
 fn closed() -> Status {
@@ -167,6 +176,9 @@ pub struct NodeState {
     peers: PeerKeys,
     sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
     clock: Arc<dyn Clock>,
+    /// Set when the node starts shutting down: no session opens or steps
+    /// after it.
+    closing: AtomicBool,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -289,6 +301,7 @@ impl NodeState {
             identity,
             peers,
             sessions: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
             clock,
         })
     }
@@ -346,9 +359,36 @@ impl NodeState {
         }
     }
 
+    /// Ends every open session (the node is shutting down): secrets
+    /// dropped, an abort recorded for each; nothing is released. Returns how
+    /// many there were.
+    pub fn abort_all_sessions(&self) -> usize {
+        self.closing.store(true, Ordering::SeqCst);
+        let open: Vec<Arc<Session>> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for s in &open {
+            s.close();
+            warn!(sid = %s.sid, "node shutting down: session aborted, nothing released");
+            let mut rec = s.record(&self.store, Event::Abort);
+            rec.outcome = "node shut down; nothing released".into();
+            if let Err(e) = self.store.close_session(&rec) {
+                error!(sid = %s.sid, "cannot record the abort: {e}");
+            }
+        }
+        open.len()
+    }
+
     /// The open session `r` names, for the identity `who` that set it up.
     fn session(&self, r: &Option<SessionRef>, who: &str) -> Result<Arc<Session>, Status> {
         let (sid, hash) = parse_ref(r)?;
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(shutting_down());
+        }
         self.expire_sessions();
         let s = self
             .sessions
@@ -471,11 +511,6 @@ impl NodeState {
     /// the engine reads), then padding and the shuffle. Returns the list's
     /// length and dummies; the list itself stays in the session.
     async fn prepare_list(&self, s: &Arc<Session>) -> Result<(u64, Vec<u64>), Status> {
-        if s.local_done.swap(true, Ordering::SeqCst) {
-            return Err(Status::failed_precondition(
-                "local step already ran for this session",
-            ));
-        }
         // The budget is debited, durably and with its audit record, before
         // any data is read.
         let policy = self.config.policy_for(&s.coordinator);
@@ -554,12 +589,14 @@ fn stream_list(
     clock: Arc<dyn Clock>,
     len: u64,
     dummies: Vec<u64>,
+    length_tags: Vec<Vec<u8>>,
     tx: tokio::sync::mpsc::Sender<Result<ListChunk, Status>>,
 ) {
     tokio::spawn(async move {
         let mut start = 0u64;
-        let mut dummies = Some(dummies);
-        while start < len || dummies.is_some() {
+        // What only the first chunk carries.
+        let mut head = Some((dummies, length_tags));
+        while start < len || head.is_some() {
             let s2 = s.clone();
             let chunk = blocking(move || {
                 let guard = s2.list.lock().unwrap_or_else(|e| e.into_inner());
@@ -567,17 +604,19 @@ fn stream_list(
                 Ok(list.chunk(start, CHUNK_POINTS))
             })
             .await;
+            let (dummy_positions, length_tags) = head.take().unwrap_or_default();
             let msg = chunk.map(|(points, masked)| ListChunk {
                 total_rows: len,
-                dummy_positions: dummies.take().unwrap_or_default(),
+                dummy_positions,
                 points,
                 masked,
+                heartbeat: false,
+                length_tags,
             });
             let stop = msg.is_err();
             if let Ok(m) = &msg {
                 start += (m.points.len() / POINT_LEN) as u64;
             }
-            dummies = None;
             if tx.send(msg).await.is_err() || stop {
                 break;
             }
@@ -636,6 +675,9 @@ impl Node for NodeService {
         let who = self.authorize(&req)?;
         let r = req.into_inner();
         let (sid, hash) = parse_ref(&r.session)?;
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(shutting_down());
+        }
         self.expire_sessions();
         match self.setup_session(&who, sid, hash, &r.analysis_toml) {
             Ok(s) => {
@@ -644,6 +686,11 @@ impl Node for NodeService {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(sid, s);
+                // A shutdown that began meanwhile did not see this session.
+                if self.closing.load(Ordering::SeqCst) {
+                    self.abort_all_sessions();
+                    return Err(shutting_down());
+                }
                 Ok(Response::new(SetupResponse {
                     party: self.config.name.clone(),
                 }))
@@ -671,19 +718,64 @@ impl Node for NodeService {
     ) -> Result<Response<Self::LocalStepStream>, Status> {
         let who = self.authorize(&req)?;
         let s = self.session(&req.get_ref().session, &who)?;
-        let (len, dummies) = match self.prepare_list(&s).await {
-            Ok(l) => l,
-            Err(st) => {
-                self.failed(&s, "local step", &st);
-                return Err(st);
-            }
-        };
-        let mut rec = s.record(&self.store, Event::LocalStep);
-        rec.list_rows = Some(len);
-        self.store.log(&rec).map_err(status)?;
-        info!(sid = %s.sid, rows = len, "local step: list ready, streaming it");
+        if s.local_done.swap(true, Ordering::SeqCst) {
+            return Err(Status::failed_precondition(
+                "local step already ran for this session",
+            ));
+        }
+        // The stream opens at once; until the list is ready it carries a
+        // heartbeat every few seconds, so the coordinator can tell a long
+        // query from a stalled node.
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        stream_list(s, self.clock.clone(), len, dummies, tx);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let prepared = {
+                let prep = this.prepare_list(&s);
+                tokio::pin!(prep);
+                let mut beat = tokio::time::interval(HEARTBEAT);
+                beat.tick().await; // the first tick is immediate
+                loop {
+                    tokio::select! {
+                        r = &mut prep => break r,
+                        _ = beat.tick() => {
+                            // Heartbeats say the node is working on a live
+                            // session; none after it ended.
+                            if s.is_ended() {
+                                let _ = tx.send(Err(closed())).await;
+                                return;
+                            }
+                            let hb = ListChunk { heartbeat: true, ..ListChunk::default() };
+                            if tx.send(Ok(hb)).await.is_err() {
+                                // The coordinator hung up: the session ends
+                                // by its abort or expiry.
+                                return;
+                            }
+                            s.touch(this.clock.now());
+                        }
+                    }
+                }
+            };
+            let prepared = prepared.and_then(|(len, dummies)| {
+                let tags = s.with(|p| Ok(p.length_tags(len)))?;
+                Ok((len, dummies, tags))
+            });
+            match prepared {
+                Ok((len, dummies, tags)) => {
+                    let mut rec = s.record(&this.store, Event::LocalStep);
+                    rec.list_rows = Some(len);
+                    if let Err(e) = this.store.log(&rec) {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                    info!(sid = %s.sid, rows = len, "local step: list ready, streaming it");
+                    stream_list(s, this.clock.clone(), len, dummies, tags, tx);
+                }
+                Err(st) => {
+                    this.failed(&s, "local step", &st);
+                    let _ = tx.send(Err(st)).await;
+                }
+            }
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -698,13 +790,23 @@ impl Node for NodeService {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let this = self.clone();
         tokio::spawn(async move {
-            let mut bound: Option<(Arc<Session>, u32)> = None;
+            // The session, list and accepted stream state, from the first chunk.
+            let mut bound: Option<(Arc<Session>, u32, Arc<Mutex<ReblindState>>)> = None;
             let mut points_done = 0u64;
+            let idle = Duration::from_secs(this.config.stream_idle_secs);
             loop {
-                let msg = match inbound.message().await {
+                let next = tokio::time::timeout(idle, inbound.message())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Status::deadline_exceeded(format!(
+                            "no re-blind chunk for {} s",
+                            idle.as_secs()
+                        )))
+                    });
+                let msg = match next {
                     Ok(Some(m)) => m,
                     Ok(None) => {
-                        if let Some((s, _)) = &bound {
+                        if let Some((s, _, _)) = &bound {
                             let mut rec = s.record(&this.store, Event::Reblind);
                             rec.list_rows = Some(points_done);
                             if let Err(e) = this.store.log(&rec) {
@@ -714,6 +816,9 @@ impl Node for NodeService {
                         break;
                     }
                     Err(e) => {
+                        if let Some((s, _, _)) = &bound {
+                            this.failed(s, "re-blind", &e);
+                        }
                         let _ = tx.send(Err(e)).await;
                         break;
                     }
@@ -721,11 +826,19 @@ impl Node for NodeService {
                 let msg_points_len = msg.points.len();
                 let step = async {
                     let s = this.session(&msg.session, &who)?;
-                    match &bound {
-                        Some((b, owner)) if !Arc::ptr_eq(b, &s) || *owner != msg.owner => {
+                    let stream = match &bound {
+                        Some((b, owner, _)) if !Arc::ptr_eq(b, &s) || *owner != msg.owner => {
                             return Err(Status::invalid_argument(
                                 "a re-blind stream must carry one list of one session",
                             ));
+                        }
+                        Some((_, _, st)) => {
+                            if msg.list_rows != 0 || !msg.length_tag.is_empty() {
+                                return Err(Status::invalid_argument(
+                                    "only the first chunk of a re-blind stream carries the list's length",
+                                ));
+                            }
+                            st.clone()
                         }
                         None => {
                             if !s
@@ -738,14 +851,26 @@ impl Node for NodeService {
                                     "this list was already re-blinded here",
                                 ));
                             }
-                            bound = Some((s.clone(), msg.owner))
+                            // The owner's tag on the list's length (an HMAC:
+                            // cheap enough for the async thread).
+                            let st = s.with(|proto| {
+                                proto
+                                    .open_reblind(
+                                        msg.owner as usize,
+                                        msg.list_rows,
+                                        &msg.length_tag,
+                                    )
+                                    .map_err(proto_status)
+                            })?;
+                            let st = Arc::new(Mutex::new(st));
+                            bound = Some((s.clone(), msg.owner, st.clone()));
+                            st
                         }
-                        _ => {}
-                    }
+                    };
                     let points = msg.points;
-                    let owner = msg.owner as usize;
                     blocking(move || {
-                        s.with(|proto| proto.reblind(owner, &points).map_err(proto_status))
+                        let mut st = stream.lock().unwrap_or_else(|e| e.into_inner());
+                        s.with(|proto| proto.reblind(&mut st, &points).map_err(proto_status))
                     })
                     .await
                 };
@@ -754,7 +879,7 @@ impl Node for NodeService {
                 match &out {
                     Ok(_) => points_done += input_points,
                     Err(st) => {
-                        if let Some((s, _)) = &bound {
+                        if let Some((s, _, _)) = &bound {
                             this.failed(s, "re-blind", st);
                         }
                     }

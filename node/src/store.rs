@@ -132,7 +132,7 @@ fn append(tx: &Transaction<'_>, rec: &Record) -> Result<(), NodeError> {
         }
         None => (1, audit::GENESIS),
     };
-    let json = serde_json::to_string(rec).expect("audit records serialize");
+    let json = to_json(rec)?;
     let hash = audit::chain_hash(seq, &prev, &json);
     tx.execute(
         "INSERT INTO audit (seq, record, prev_hash, hash) VALUES (?1, ?2, ?3, ?4)",
@@ -381,12 +381,18 @@ impl Store {
     /// Marks a session closed (finished, aborted, expired) with its record.
     pub fn close_session(&self, rec: &Record) -> Result<(), NodeError> {
         self.write(|tx| {
-            tx.execute(
-                "UPDATE sessions SET closed_at = ?2, outcome = ?3 WHERE sid = ?1 AND closed_at IS NULL",
-                params![rec.sid.clone().unwrap_or_default(), rec.time, rec.outcome],
-            )
-            .map_err(db)?;
-            append(tx, rec)
+            let changed = tx
+                .execute(
+                    "UPDATE sessions SET closed_at = ?2, outcome = ?3 WHERE sid = ?1 AND closed_at IS NULL",
+                    params![rec.sid.clone().unwrap_or_default(), rec.time, rec.outcome],
+                )
+                .map_err(db)?;
+            // A session ends once: a second end (finish racing expiry or
+            // shutdown) records nothing.
+            if changed == 1 {
+                append(tx, rec)?;
+            }
+            Ok(())
         })
     }
 
@@ -469,7 +475,7 @@ impl Store {
     /// Stores a release and its audit record in one transaction; returns the
     /// name under which it is stored.
     pub fn store_result(&self, release: &Release, rec: &Record) -> Result<String, NodeError> {
-        let json = serde_json::to_string(release).expect("release serializes");
+        let json = to_json(release)?;
         self.write(|tx| {
             tx.execute(
                 "INSERT INTO results (sid, analysis_hash, stored_at, release) VALUES (?1, ?2, ?3, ?4)",
@@ -604,7 +610,7 @@ impl Store {
             for r in &releases {
                 tx.execute(
                     "INSERT OR IGNORE INTO results (sid, analysis_hash, stored_at, release) VALUES (?1, ?2, ?3, ?4)",
-                    params![r.sid, r.analysis_hash, now, serde_json::to_string(r).expect("serializes")],
+                    params![r.sid, r.analysis_hash, now, to_json(r)?],
                 )
                 .map_err(db)?;
             }
@@ -614,7 +620,7 @@ impl Store {
         std::fs::create_dir_all(&legacy).map_err(|e| NodeError::io(&legacy, e))?;
         for p in [approvals, sessions, results] {
             if p.exists() {
-                let to = legacy.join(p.file_name().expect("named"));
+                let to = legacy.join(p.file_name().unwrap_or_default());
                 std::fs::rename(&p, &to).map_err(|e| NodeError::io(&p, e))?;
             }
         }
@@ -680,4 +686,9 @@ fn parse_release(json: &str) -> Result<Release, NodeError> {
             values: old.values,
         }],
     })
+}
+
+/// JSON of a record or release for the database.
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, NodeError> {
+    serde_json::to_string(v).map_err(|e| NodeError::Store(format!("cannot encode as JSON: {e}")))
 }

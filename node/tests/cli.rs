@@ -2,110 +2,11 @@
 //! loopback: a run step by step, governance commands, crash consistency,
 //! migration, and error behaviour.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+mod common;
 
-use cleanroom_coordinator::{NodeTarget, RunOptions, run_analysis};
+use cleanroom_coordinator::{RunOptions, run_analysis};
 use cleanroom_node::tls::TlsMaterial;
-
-const BIN: &str = env!("CARGO_BIN_EXE_cleanroom-node");
-const ANALYSIS: &str = include_str!("../../examples/mule-cashout.toml");
-
-fn node(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("runs cleanroom-node")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn err(out: Output) -> String {
-    assert!(!out.status.success(), "should fail");
-    String::from_utf8(out.stderr).unwrap()
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `serve` and reads the bound address from its first stdout line.
-fn serve(dir: &Path, config: &str) -> (Server, String) {
-    serve_env(dir, config, &[])
-}
-
-/// [`serve`] with extra environment variables.
-fn serve_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> (Server, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", config])
-        .envs(env.iter().copied())
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("address line")
-        .to_string();
-    (Server(child), addr)
-}
-
-fn config(name: &str, peer: &str, tables: &str) -> String {
-    format!(
-        "name = \"{name}\"\nlisten = \"127.0.0.1:0\"\nstate_dir = \"state/{name}\"\nidentity_key = \"keys/{name}.key\"\n\
-         authorized_coordinators = [\"coordinator\"]\n[tls]\ncert = \"certs/{name}.pem\"\nkey = \"certs/{name}.key\"\n\
-         ca = \"certs/ca.pem\"\n[tables]\n{tables}\n[peers]\n{peer} = \"keys/{peer}.pub\"\n"
-    )
-}
-
-/// Writes `a.toml` and `b.toml`: bank-a and bank-b over the example data.
-fn write_configs(dir: &Path) {
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let data = |f: &str| examples.join("data").join(f).display().to_string();
-    std::fs::write(
-        dir.join("a.toml"),
-        config(
-            "bank-a",
-            "bank-b",
-            &format!("transfers = \"{}\"", data("bank-a/transfers.csv")),
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("b.toml"),
-        config(
-            "bank-b",
-            "bank-a",
-            &format!(
-                "deposits = \"{}\"\nwithdrawals = \"{}\"",
-                data("bank-b/deposits.csv"),
-                data("bank-b/withdrawals.csv")
-            ),
-        ),
-    )
-    .unwrap();
-}
-
+use common::*;
 /// Every step of a run by hand, with the output of each command checked
 /// (the README's walk-through itself is run by coordinator/tests/readme.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,16 +51,7 @@ async fn cli_flow_step_by_step() {
 
     let (_a, addr_a) = serve(dir, "a.toml");
     let (_b, addr_b) = serve(dir, "b.toml");
-    let targets = [
-        NodeTarget {
-            name: "bank-a".into(),
-            url: format!("https://{addr_a}"),
-        },
-        NodeTarget {
-            name: "bank-b".into(),
-            url: format!("https://{addr_b}"),
-        },
-    ];
+    let targets = targets(&addr_a, &addr_b);
     let tls = TlsMaterial::from_dir(&dir.join("certs"), "coordinator").unwrap();
     let report = run_analysis(ANALYSIS, &targets, &tls, &RunOptions::default())
         .await
@@ -233,6 +125,30 @@ fn errors_are_clear() {
     )
     .unwrap();
     assert!(err(node(dir, &["results", "--config", "x.toml"])).contains("colour"));
+    // A table whose file is missing: `serve` refuses to start, naming it.
+    std::fs::write(
+        dir.join("m.toml"),
+        config("bank-a", "bank-b", "transfers = \"data/missing.csv\""),
+    )
+    .unwrap();
+    let e = err(node(dir, &["serve", "--config", "m.toml"]));
+    assert!(e.contains("transfers") || e.contains("missing.csv"), "{e}");
+    // A CSV with a malformed row: `check` shows the engine's error to the
+    // operator (the only place it is shown), no panic.
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::write(
+        dir.join("data/t.csv"),
+        "transfer_id,from_account,to_bank,to_account,amount_cents,ts\n\
+         1,A-1,BANKB,B-1,250000,1767284189\n2,A-2,BANKB,B-2,not-a-number,1767269837\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("t.toml"),
+        config("bank-a", "bank-b", "transfers = \"data/t.csv\""),
+    )
+    .unwrap();
+    let e = err(node(dir, &["check", "--config", "t.toml", "mule.toml"]));
+    assert!(!e.contains("panicked"), "{e}");
     assert!(
         err(node(
             dir,
@@ -240,56 +156,6 @@ fn errors_are_clear() {
         ))
         .contains("not a valid DNS name")
     );
-}
-
-/// Certificates, identity keys and configs for bank-a and bank-b over the
-/// example data in `dir`, and `analysis` written as `analysis.toml` and
-/// approved at both.
-fn two_banks(dir: &Path, analysis: &str) {
-    write_configs(dir);
-    ok(node(
-        dir,
-        &[
-            "certs",
-            "--out",
-            "certs",
-            "--names",
-            "bank-a,bank-b,coordinator",
-        ],
-    ));
-    ok(node(dir, &["keygen", "--out", "keys/bank-a.key"]));
-    ok(node(dir, &["keygen", "--out", "keys/bank-b.key"]));
-    std::fs::write(dir.join("analysis.toml"), analysis).unwrap();
-    ok(node(
-        dir,
-        &["approve", "--config", "a.toml", "analysis.toml"],
-    ));
-    ok(node(
-        dir,
-        &["approve", "--config", "b.toml", "analysis.toml"],
-    ));
-}
-
-fn targets(addr_a: &str, addr_b: &str) -> [NodeTarget; 2] {
-    [
-        NodeTarget {
-            name: "bank-a".into(),
-            url: format!("https://{addr_a}"),
-        },
-        NodeTarget {
-            name: "bank-b".into(),
-            url: format!("https://{addr_b}"),
-        },
-    ]
-}
-
-/// The mule analysis with DP: count + three sums at ε = 1 cost ε = 4.
-fn dp_analysis() -> String {
-    ANALYSIS.replace(
-        "min_matched = 10",
-        "min_matched = 1\nepsilon = 1.0\n[privacy.bounds]\n\"bank-a.transfers\" = 10\n\
-         \"bank-a.amount_cents\" = 100000000\n\"bank-b.cashouts\" = 10",
-    )
 }
 
 /// The node process dies right after its budget debit commits, before it

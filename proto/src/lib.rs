@@ -12,3 +12,13 @@ pub mod v1 {
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Points per streamed chunk.
 pub const CHUNK_POINTS: usize = 4096;
+/// How often a node running its local step sends a heartbeat chunk (a
+/// coordinator's stream deadline must be well above it).
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+/// HTTP/2 keepalive on every connection, both sides: a ping this often; the
+/// connection is dropped when one is not answered within
+/// [`KEEPALIVE_TIMEOUT`]. A dead or stopped peer is noticed even when no call
+/// is in flight.
+pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+/// See [`KEEPALIVE`].
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);

@@ -19,6 +19,9 @@ use crate::keys::{TAG_DUMMY, append_group};
 use crate::psi::POINT_LEN;
 use crate::share::MaskSeed;
 
+/// Dummy keys blinded per parallel job (see [`ListBuilder::finish`]).
+const DUMMY_SLICE: usize = 8192;
+
 /// A batch of a party's local rows in flat buffers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RowBatch {
@@ -270,12 +273,13 @@ impl<'s> ListBuilder<'s> {
         }
         let slices: Vec<&[u8]> = dummy_keys.chunks_exact(33).collect();
         let mut points = std::mem::take(&mut self.points);
-        points.extend_from_slice(
-            &self
-                .session
-                .blinding
-                .blind_keys(&self.session.hasher, &slices),
-        );
+        points.reserve_exact(slices.len() * POINT_LEN);
+        // In slices, like the query's batches: each is one parallel job, so
+        // the node's re-blinding of other lists (also on the rayon pool)
+        // gets its turn between them instead of waiting for all padding.
+        for part in slices.chunks(DUMMY_SLICE) {
+            points.extend_from_slice(&self.session.blinding.blind_keys(&self.session.hasher, part));
+        }
         let mut perm: Vec<u32> = (0..total as u32).collect();
         perm.shuffle(rng);
         let groups = self.session.layout.groups() as u64;

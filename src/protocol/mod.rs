@@ -33,7 +33,7 @@ pub use aggregate::{
 pub use group::Layout;
 pub use local::{ListBuilder, RowBatch, ShuffledList};
 pub use matching::{Matches, match_lists};
-pub use node::{MaskShare, MaskedList, NodeSession, PeerKeys, PreparedList};
+pub use node::{MaskShare, MaskedList, NodeSession, PeerKeys, PreparedList, ReblindStream};
 pub use simulate::{Inbound, SimulationOutcome, Transcript, simulate, simulate_streaming};
 
 /// Most rows a list may have, padding and dummies included. Every size a
@@ -149,6 +149,15 @@ pub enum ProtocolError {
     /// A final list contains the same point twice.
     #[error("list of {0:?} contains a repeated point")]
     RepeatedPoint(String),
+    /// A list length did not come with its owner's valid tag.
+    #[error("the length of {0:?}'s list is not authenticated by its owner")]
+    UnauthenticatedLength(String),
+    /// A point to re-blind is not a canonical Ristretto encoding, or is the
+    /// identity.
+    #[error(
+        "point at position {0} of the list is not a canonical, non-identity Ristretto encoding"
+    )]
+    InvalidPoint(u64),
     /// A message does not fit the session (wrong list, wrong role, wrong size).
     #[error("protocol violation: {0}")]
     Violation(String),

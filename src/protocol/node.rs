@@ -17,7 +17,9 @@ use super::{
 use crate::analysis::{Aggregate, Analysis, AnalysisHash};
 use crate::psi::{BlindingKey, HashToGroup, POINT_LEN, TRUNCATED_LEN};
 use crate::session::SessionId;
-use crate::share::{self, IdentityKey, IdentityPublic, MaskSeed, PairwiseSecret, SealKey};
+use crate::share::{
+    self, IdentityKey, IdentityPublic, LengthKey, MaskSeed, PairwiseSecret, SealKey,
+};
 
 /// Pinned identity public keys of the other parties, by name.
 pub type PeerKeys = BTreeMap<String, IdentityPublic>;
@@ -62,6 +64,33 @@ pub enum MaskShare {
 /// What the coordinator delivers to the recipient's node (step 6).
 pub use super::aggregate::Delivery;
 
+/// A re-blind stream a node accepted (step 3): whose list, its length as
+/// authenticated by its owner, and how many points are done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReblindStream {
+    owner: usize,
+    rows: u64,
+    done: u64,
+    out_len: usize,
+}
+
+impl ReblindStream {
+    /// The owner's ring index.
+    pub fn owner(&self) -> usize {
+        self.owner
+    }
+
+    /// Points re-blinded so far.
+    pub fn done(&self) -> u64 {
+        self.done
+    }
+
+    /// The authenticated length of the list.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+}
+
 /// One node's state for one session.
 pub struct NodeSession {
     pub(super) analysis: Analysis,
@@ -75,6 +104,11 @@ pub struct NodeSession {
     pred_seed: MaskSeed,
     seal: Option<SealKey>,
     open_keys: Vec<Option<SealKey>>,
+    /// Per party `j`: the key authenticating this node's list length to `j`
+    /// (`None` for itself).
+    length_out: Vec<Option<LengthKey>>,
+    /// Per party `i`: the key checking `i`'s list length (`None` for itself).
+    length_in: Vec<Option<LengthKey>>,
     kept: Option<Vec<u64>>,
     mask_sum_done: bool,
     delivered: bool,
@@ -140,6 +174,20 @@ impl NodeSession {
                 });
             }
         }
+        // Length keys with every other party (so every node pins every
+        // peer's identity key).
+        let mut length_out = Vec::with_capacity(n);
+        let mut length_in = Vec::with_capacity(n);
+        for j in 0..n {
+            if j == me_idx {
+                length_out.push(None);
+                length_in.push(None);
+            } else {
+                let s = secret_with(j)?;
+                length_out.push(Some(s.length_key(&hash.0, me, name(j))));
+                length_in.push(Some(s.length_key(&hash.0, name(j), me)));
+            }
+        }
         Ok(NodeSession {
             analysis: analysis.clone(),
             hash,
@@ -152,6 +200,8 @@ impl NodeSession {
             pred_seed,
             seal,
             open_keys,
+            length_out,
+            length_in,
             kept: None,
             mask_sum_done: false,
             delivered: false,
@@ -194,9 +244,30 @@ impl NodeSession {
         Ok(b.finish(rng)?.into_prepared())
     }
 
-    /// Step 3: re-blinds a chunk of `owner`'s list. The last party on the
-    /// list's route returns truncated points.
-    pub fn reblind(&self, owner: usize, points: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+    /// Step 2: tags authenticating this node's list length (`rows`), one
+    /// per party in ring order (empty for itself). The coordinator relays
+    /// each to the node that re-blinds the list, which re-blinds no more
+    /// points than the tagged length: a coordinator cannot push extra
+    /// (guessed) points through a node's blinding.
+    pub fn length_tags(&self, rows: u64) -> Vec<Vec<u8>> {
+        self.length_out
+            .iter()
+            .map(|k| {
+                k.as_ref().map_or_else(Vec::new, |k| {
+                    k.tag(&self.sid, &self.hash.0, self.me as u32, rows)
+                })
+            })
+            .collect()
+    }
+
+    /// Step 3: accepts a re-blind stream of `owner`'s list if `owner`'s tag
+    /// authenticates its length `rows` (see [`NodeSession::length_tags`]).
+    pub fn open_reblind(
+        &self,
+        owner: usize,
+        rows: u64,
+        tag: &[u8],
+    ) -> Result<ReblindStream, ProtocolError> {
         let n = self.analysis.parties.len();
         if owner >= n || owner == self.me {
             return Err(ProtocolError::Violation(format!(
@@ -204,12 +275,59 @@ impl NodeSession {
                 self.name(self.me)
             )));
         }
-        let out_len = if ring::is_final_pass(owner, self.me, n) {
-            TRUNCATED_LEN
-        } else {
-            POINT_LEN
-        };
-        Ok(self.blinding.reblind(points, out_len)?)
+        if rows > MAX_LIST_ROWS {
+            return Err(ProtocolError::ListTooLong {
+                party: self.name(owner).to_string(),
+            });
+        }
+        let key = self.length_in[owner]
+            .as_ref()
+            .ok_or_else(|| ProtocolError::Violation("no length key".into()))?;
+        if !key.verify(&self.sid, &self.hash.0, owner as u32, rows, tag) {
+            return Err(ProtocolError::UnauthenticatedLength(
+                self.name(owner).to_string(),
+            ));
+        }
+        Ok(ReblindStream {
+            owner,
+            rows,
+            done: 0,
+            out_len: if ring::is_final_pass(owner, self.me, n) {
+                TRUNCATED_LEN
+            } else {
+                POINT_LEN
+            },
+        })
+    }
+
+    /// Step 3: re-blinds the next chunk of a stream. The last party on the
+    /// list's route returns truncated points. Refuses points beyond the
+    /// owner's authenticated length, and names the position (in the list)
+    /// of any point that is not a canonical, non-identity encoding.
+    pub fn reblind(
+        &self,
+        stream: &mut ReblindStream,
+        points: &[u8],
+    ) -> Result<Vec<u8>, ProtocolError> {
+        let k = (points.len() / POINT_LEN) as u64;
+        if stream.done + k > stream.rows {
+            return Err(ProtocolError::Violation(format!(
+                "re-blind stream of {}'s list carries more points than the {} its owner authenticated",
+                self.name(stream.owner),
+                stream.rows
+            )));
+        }
+        let out = self
+            .blinding
+            .reblind(points, stream.out_len)
+            .map_err(|e| match e {
+                crate::psi::PsiError::InvalidPoint { index } => {
+                    ProtocolError::InvalidPoint(stream.done + index as u64)
+                }
+                e => e.into(),
+            })?;
+        stream.done += k;
+        Ok(out)
     }
 
     /// Step 5: sums the masks of the matched positions of the predecessor's

@@ -127,17 +127,23 @@ pub fn simulate_streaming<R: CryptoRng + ?Sized>(
         };
         let mut finals = Vec::new();
         let mut start = 0;
+        // Each hop accepts the stream on the owner's length tag.
+        let tags = nodes[owner].length_tags(list.len());
+        let mut streams = ring::route(owner, n)
+            .into_iter()
+            .map(|hop| Ok((hop, nodes[hop].open_reblind(owner, list.len(), &tags[hop])?)))
+            .collect::<Result<Vec<_>, ProtocolError>>()?;
         while start < list.len() {
             let (mut points, masked) = list.chunk(start, chunk);
             start += (points.len() / POINT_LEN) as u64;
             prepared.points.extend_from_slice(&points);
             prepared.masked.values.extend_from_slice(&masked);
-            for hop in ring::route(owner, n) {
-                t.received[hop].push(Inbound::Reblind {
+            for (hop, stream) in &mut streams {
+                t.received[*hop].push(Inbound::Reblind {
                     owner,
                     points: points.clone(),
                 });
-                points = nodes[hop].reblind(owner, &points)?;
+                points = nodes[*hop].reblind(stream, &points)?;
             }
             finals.extend_from_slice(&points);
         }

@@ -202,7 +202,10 @@ fn run_one(
         cmd.arg("--node").arg(t);
     }
     let mut child = cmd.spawn().context("starting the coordinator")?;
-    let stdout = child.stdout.take().expect("piped");
+    let stdout = child
+        .stdout
+        .take()
+        .context("the coordinator's stdout is not piped")?;
     let mut coordinator = Proc {
         name: "coordinator".into(),
         child,

@@ -79,9 +79,14 @@ pub fn start_node(bin: &Path, name: &str, config: &Path, log: &Path) -> Result<(
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped"))
-        .read_line(&mut line)
-        .context("reading the node's address")?;
+    BufReader::new(
+        child
+            .stdout
+            .take()
+            .context("the node's stdout is not piped")?,
+    )
+    .read_line(&mut line)
+    .context("reading the node's address")?;
     let proc = Proc {
         name: name.to_string(),
         child,

@@ -290,15 +290,21 @@ fn line_plot(
 
 /// A Markdown table of the runs (for the README).
 pub fn markdown(runs: &[RunResult]) -> String {
+    let peers = runs.iter().any(|r| r.peer.is_some());
     let mut s = String::from(
-        "| protocol | parties | keys per party | wall s | bound s | measured/bound | node peak RSS B/row | coordinator B/row | bytes per node (sent+received) |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| protocol | parties | keys per party | wall s | bound s | measured/bound | node peak RSS B/row | coordinator B/row | MB per node (sent+received) |",
     );
+    s += if peers {
+        " peer | peer s | peer/cleanroom |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    } else {
+        "\n|---|---|---|---|---|---|---|---|---|\n"
+    };
     for r in runs {
         let (n, c) = r.rss_per_row();
         let bytes = r.traffic.iter().map(|t| t.1 + t.2).max().unwrap_or(0);
-        let _ = writeln!(
+        let _ = write!(
             s,
-            "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {} |",
+            "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} |",
             r.protocol,
             r.parties,
             super::data::label(r.keys),
@@ -307,8 +313,15 @@ pub fn markdown(runs: &[RunResult]) -> String {
             r.wall() / r.bound,
             n,
             c,
-            bytes
+            bytes as f64 / 1e6,
         );
+        if peers {
+            let _ = match &r.peer {
+                Some((name, t)) => write!(s, " {name} | {t:.2} | {:.2} |", t / r.wall()),
+                None => write!(s, " | | |"),
+            };
+        }
+        s.push('\n');
     }
     s
 }

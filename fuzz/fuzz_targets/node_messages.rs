@@ -1,0 +1,95 @@
+//! What a node does with the coordinator's messages, on arbitrary bytes:
+//! a re-blind stream's length, tag and points (point decoding, chunk
+//! sizes), and a mask-sum request's sizes and positions. Errors, never a
+//! panic, and never more points re-blinded than the authenticated length.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use cleanroom::protocol::{MaskSumRequest, NodeSession, PeerKeys};
+use cleanroom::share::IdentityKey;
+use cleanroom::{Analysis, SessionId};
+use libfuzzer_sys::fuzz_target;
+
+const ANALYSIS: &str = "name = \"f\"\nrecipient = \"b\"\n[parties.a]\nsql = \"s\"\n\
+    [parties.b]\nsql = \"s\"\n[parties.c]\nsql = \"s\"\n\
+    [output]\naggregates = [\"count\", \"sum(a.x)\"]\n[privacy]\nmin_matched = 0\n";
+
+struct Fixture {
+    a: NodeSession,
+    b: NodeSession,
+}
+
+fn fixture() -> &'static std::sync::Mutex<Fixture> {
+    static F: OnceLock<std::sync::Mutex<Fixture>> = OnceLock::new();
+    F.get_or_init(|| {
+        let analysis = Analysis::parse(ANALYSIS).unwrap();
+        let ids: Vec<IdentityKey> = (1..=3u8)
+            .map(|i| IdentityKey::from_bytes([i; 32]).unwrap())
+            .collect();
+        let peers: PeerKeys = ["a", "b", "c"]
+            .iter()
+            .zip(&ids)
+            .map(|(n, k)| (n.to_string(), k.public()))
+            .collect();
+        let sid = SessionId::from_slice(&[7; 32]).unwrap();
+        let mut rng = cleanroom::session::os_rng();
+        let a = NodeSession::new(&analysis, sid, "a", &ids[0], &peers, &mut rng).unwrap();
+        let b = NodeSession::new(&analysis, sid, "b", &ids[1], &peers, &mut rng).unwrap();
+        std::sync::Mutex::new(Fixture { a, b })
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 10 {
+        return;
+    }
+    let f = fixture().lock().unwrap();
+    let owner = (data[0] % 4) as usize;
+    let rows = u64::from(u16::from_le_bytes([data[1], data[2]]));
+    let rest = &data[3..];
+    // An honest tag for `rows` (a's list), or the fuzzer's bytes as a tag.
+    let tag = if data[3] & 1 == 0 {
+        f.a.length_tags(rows)[1].clone()
+    } else {
+        rest[..rest.len().min(32)].to_vec()
+    };
+    if let Ok(mut stream) = f.b.open_reblind(owner, rows, &tag) {
+        for chunk in rest.chunks(96) {
+            let before = stream.done();
+            let _ = f.b.reblind(&mut stream, chunk);
+            assert!(stream.done() <= stream.rows() && stream.done() >= before);
+        }
+    }
+    // A mask sum with fuzzed sizes and positions (b unmasks a's list).
+    let positions: Vec<u64> = rest
+        .chunks(8)
+        .map(|c| {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            u64::from_le_bytes(w) % (rows + 2)
+        })
+        .collect();
+    let req = MaskSumRequest {
+        owner,
+        list_len: rows,
+        positions,
+        pad: vec![u64::from(data[4]); (data[5] % 4) as usize],
+    };
+    // `mask_sum` answers once per session: fuzz it on a fresh copy.
+    drop(f);
+    let analysis = Analysis::parse(ANALYSIS).unwrap();
+    let ids: Vec<IdentityKey> = (1..=3u8)
+        .map(|i| IdentityKey::from_bytes([i; 32]).unwrap())
+        .collect();
+    let peers: PeerKeys = ["a", "b", "c"]
+        .iter()
+        .zip(&ids)
+        .map(|(n, k)| (n.to_string(), k.public()))
+        .collect();
+    let sid = SessionId::from_slice(&[7; 32]).unwrap();
+    let mut b =
+        NodeSession::new(&analysis, sid, "b", &ids[1], &peers, &mut cleanroom::session::os_rng())
+            .unwrap();
+    let _ = b.mask_sum(&req);
+});
