@@ -136,6 +136,34 @@ async fn unknown_client_certificates_are_refused() {
     cluster.stop().await;
 }
 
+/// An analysis text altered after approval (same announced hash, other
+/// text) is refused at setup, naming the hash; nothing is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn altered_analysis_text_is_refused() {
+    let banks = banks(2, 12);
+    let text = analysis_text(2, 1, 1);
+    let cluster = Cluster::start(&banks, &[&text]).await;
+    let hash = Analysis::parse(&text).unwrap().hash();
+    let altered = text.replace("min_matched = 1", "min_matched = 0");
+    assert_ne!(altered, text);
+    let err = cluster
+        .client(0)
+        .await
+        .setup(SetupRequest {
+            session: Some(SessionRef {
+                sid: SessionId::random(&mut os_rng()).as_bytes().to_vec(),
+                analysis_hash: hash.0.to_vec(),
+            }),
+            analysis_toml: altered,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(err.message().contains(&hash.to_hex()), "{}", err.message());
+    assert!(cluster.results(1).is_empty());
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reused_session_id_is_refused() {
     let banks = banks(2, 5);
