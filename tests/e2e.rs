@@ -328,26 +328,34 @@ async fn dp_run_over_grpc_hides_count_and_releases_noisy_values() {
     cluster.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unfinished_sessions_expire() {
-    use cleanroom_node::clock::ManualClock;
-    use cleanroom_proto::v1::LocalStepRequest;
-
-    let banks = banks(2, 10);
-    let text = analysis_text(2, 1, 1);
-    let mut cluster = Cluster::start(&banks, &[&text]).await;
-    // Restart bank-a with a clock the test controls.
-    let clock = Arc::new(ManualClock::default());
+/// Restarts bank-a with its config changed by `tweak` and a clock the test
+/// controls, which it returns.
+async fn restart_bank_a_with_clock(
+    cluster: &mut Cluster,
+    tweak: impl FnOnce(&mut cleanroom_node::NodeConfig),
+) -> Arc<cleanroom_node::clock::ManualClock> {
+    let clock = Arc::new(cleanroom_node::clock::ManualClock::default());
     let old = cluster.nodes.remove(0);
     old.shutdown().await.unwrap();
     let mut cfg = cluster.configs[0].clone();
-    cfg.session_ttl_secs = 60;
+    tweak(&mut cfg);
     cluster.nodes.insert(
         0,
         cleanroom_node::spawn_with_clock(cfg, clock.clone())
             .await
             .unwrap(),
     );
+    clock
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_sessions_expire() {
+    use cleanroom_proto::v1::LocalStepRequest;
+
+    let banks = banks(2, 10);
+    let text = analysis_text(2, 1, 1);
+    let mut cluster = Cluster::start(&banks, &[&text]).await;
+    let clock = restart_bank_a_with_clock(&mut cluster, |cfg| cfg.session_ttl_secs = 60).await;
 
     let mut client = cluster.client(0).await;
     let session = SessionRef {
@@ -389,24 +397,16 @@ async fn unfinished_sessions_expire() {
 /// `session_max_secs` from setup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_sessions_still_expire_at_their_maximum_age() {
-    use cleanroom_node::clock::ManualClock;
     use cleanroom_proto::v1::{LocalStepRequest, MaskSumRequest};
 
     let banks = banks(2, 10);
     let text = analysis_text(2, 1, 1);
     let mut cluster = Cluster::start(&banks, &[&text]).await;
-    let clock = Arc::new(ManualClock::default());
-    let old = cluster.nodes.remove(0);
-    old.shutdown().await.unwrap();
-    let mut cfg = cluster.configs[0].clone();
-    cfg.session_ttl_secs = 60;
-    cfg.session_max_secs = 100;
-    cluster.nodes.insert(
-        0,
-        cleanroom_node::spawn_with_clock(cfg, clock.clone())
-            .await
-            .unwrap(),
-    );
+    let clock = restart_bank_a_with_clock(&mut cluster, |cfg| {
+        cfg.session_ttl_secs = 60;
+        cfg.session_max_secs = 100;
+    })
+    .await;
     let mut client = cluster.client(0).await;
     let session = SessionRef {
         sid: SessionId::random(&mut os_rng()).as_bytes().to_vec(),

@@ -20,23 +20,30 @@ struct Fixture {
     b: NodeSession,
 }
 
+/// Party `name`'s session (parties a, b, c with fixed identity keys and sid).
+fn session(name: &str) -> NodeSession {
+    let analysis = Analysis::parse(ANALYSIS).unwrap();
+    let ids: Vec<IdentityKey> = (1..=3u8)
+        .map(|i| IdentityKey::from_bytes([i; 32]).unwrap())
+        .collect();
+    let peers: PeerKeys = ["a", "b", "c"]
+        .iter()
+        .zip(&ids)
+        .map(|(n, k)| (n.to_string(), k.public()))
+        .collect();
+    let me = ["a", "b", "c"].iter().position(|n| *n == name).unwrap();
+    let sid = SessionId::from_slice(&[7; 32]).unwrap();
+    NodeSession::new(&analysis, sid, name, &ids[me], &peers, &mut cleanroom::session::os_rng())
+        .unwrap()
+}
+
 fn fixture() -> &'static std::sync::Mutex<Fixture> {
     static F: OnceLock<std::sync::Mutex<Fixture>> = OnceLock::new();
     F.get_or_init(|| {
-        let analysis = Analysis::parse(ANALYSIS).unwrap();
-        let ids: Vec<IdentityKey> = (1..=3u8)
-            .map(|i| IdentityKey::from_bytes([i; 32]).unwrap())
-            .collect();
-        let peers: PeerKeys = ["a", "b", "c"]
-            .iter()
-            .zip(&ids)
-            .map(|(n, k)| (n.to_string(), k.public()))
-            .collect();
-        let sid = SessionId::from_slice(&[7; 32]).unwrap();
-        let mut rng = cleanroom::session::os_rng();
-        let a = NodeSession::new(&analysis, sid, "a", &ids[0], &peers, &mut rng).unwrap();
-        let b = NodeSession::new(&analysis, sid, "b", &ids[1], &peers, &mut rng).unwrap();
-        std::sync::Mutex::new(Fixture { a, b })
+        std::sync::Mutex::new(Fixture {
+            a: session("a"),
+            b: session("b"),
+        })
     })
 }
 
@@ -78,18 +85,5 @@ fuzz_target!(|data: &[u8]| {
     };
     // `mask_sum` answers once per session: fuzz it on a fresh copy.
     drop(f);
-    let analysis = Analysis::parse(ANALYSIS).unwrap();
-    let ids: Vec<IdentityKey> = (1..=3u8)
-        .map(|i| IdentityKey::from_bytes([i; 32]).unwrap())
-        .collect();
-    let peers: PeerKeys = ["a", "b", "c"]
-        .iter()
-        .zip(&ids)
-        .map(|(n, k)| (n.to_string(), k.public()))
-        .collect();
-    let sid = SessionId::from_slice(&[7; 32]).unwrap();
-    let mut b =
-        NodeSession::new(&analysis, sid, "b", &ids[1], &peers, &mut cleanroom::session::os_rng())
-            .unwrap();
-    let _ = b.mask_sum(&req);
+    let _ = session("b").mask_sum(&req);
 });

@@ -43,6 +43,32 @@ fn short_deadlines() -> Deadlines {
     d
 }
 
+/// Two banks serving from `dir`; a run with short deadlines in which bank-b
+/// gets `sig` as the stream phase starts. Returns the run's error and both
+/// servers (alive until dropped).
+async fn run_signalling_bank_b(
+    dir: &Path,
+    sig: &'static str,
+) -> (CoordinatorError, Server, Server) {
+    two_banks(dir, ANALYSIS);
+    let tls = TlsMaterial::from_dir(&dir.join("certs"), "coordinator").unwrap();
+    let (a, addr_a) = serve(dir, "a.toml");
+    let (b, addr_b) = serve(dir, "b.toml");
+    let err = run_analysis(
+        ANALYSIS,
+        &targets(&addr_a, &addr_b),
+        &tls,
+        &RunOptions {
+            on_phase: Some(at_stream_start(b.0.id(), sig)),
+            deadlines: short_deadlines(),
+            ..RunOptions::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    (err, a, b)
+}
+
 /// The audit records of a node, as JSON.
 fn audit(dir: &Path, config: &str) -> Vec<serde_json::Value> {
     ok(node(dir, &["audit", "export", "--config", config]))
@@ -73,23 +99,8 @@ fn nothing_released(dir: &Path, outcome: &str) {
 async fn a_stopped_node_fails_the_run_within_its_deadline() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    two_banks(dir, ANALYSIS);
-    let tls = TlsMaterial::from_dir(&dir.join("certs"), "coordinator").unwrap();
-    let (_a, addr_a) = serve(dir, "a.toml");
-    let (b, addr_b) = serve(dir, "b.toml");
     let started = Instant::now();
-    let err = run_analysis(
-        ANALYSIS,
-        &targets(&addr_a, &addr_b),
-        &tls,
-        &RunOptions {
-            on_phase: Some(at_stream_start(b.0.id(), "STOP")),
-            deadlines: short_deadlines(),
-            ..RunOptions::default()
-        },
-    )
-    .await
-    .unwrap_err();
+    let (err, _a, b) = run_signalling_bank_b(dir, "STOP").await;
     // Not a timing assertion: a hang would block far longer than this.
     assert!(started.elapsed() < Duration::from_secs(60));
     assert!(
@@ -105,22 +116,7 @@ async fn a_stopped_node_fails_the_run_within_its_deadline() {
 async fn a_node_killed_mid_run_fails_the_run_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    two_banks(dir, ANALYSIS);
-    let tls = TlsMaterial::from_dir(&dir.join("certs"), "coordinator").unwrap();
-    let (_a, addr_a) = serve(dir, "a.toml");
-    let (b, addr_b) = serve(dir, "b.toml");
-    let err = run_analysis(
-        ANALYSIS,
-        &targets(&addr_a, &addr_b),
-        &tls,
-        &RunOptions {
-            on_phase: Some(at_stream_start(b.0.id(), "KILL")),
-            deadlines: short_deadlines(),
-            ..RunOptions::default()
-        },
-    )
-    .await
-    .unwrap_err();
+    let (err, _a, b) = run_signalling_bank_b(dir, "KILL").await;
     assert!(err.to_string().contains("node bank-b"), "{err}");
     drop(b);
     nothing_released(dir, "ABORT_REASON_");
