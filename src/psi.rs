@@ -137,25 +137,31 @@ impl BlindingKey {
         }
         let n = points.len() / POINT_LEN;
         let mut out = vec![0u8; n * out_len];
-        out.par_chunks_mut(CHUNK * out_len)
+        // The first invalid point of the buffer is named, whichever worker
+        // finds one first.
+        let first_bad = out
+            .par_chunks_mut(CHUNK * out_len)
             .zip(points.par_chunks(CHUNK * POINT_LEN))
             .enumerate()
-            .try_for_each(|(c, (out, inp))| {
+            .filter_map(|(c, (out, inp))| {
                 let pts = inp
                     .chunks_exact(POINT_LEN)
                     .enumerate()
-                    .map(|(i, b)| {
-                        decompress(b)
-                            .map(|p| p * self.half)
-                            .ok_or(PsiError::InvalidPoint {
-                                index: c * CHUNK + i,
-                            })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                write_compressed(&pts, out, out_len);
-                Ok(())
-            })?;
-        Ok(out)
+                    .map(|(i, b)| decompress(b).map(|p| p * self.half).ok_or(c * CHUNK + i))
+                    .collect::<Result<Vec<_>, usize>>();
+                match pts {
+                    Ok(pts) => {
+                        write_compressed(&pts, out, out_len);
+                        None
+                    }
+                    Err(index) => Some(index),
+                }
+            })
+            .min();
+        match first_bad {
+            Some(index) => Err(PsiError::InvalidPoint { index }),
+            None => Ok(out),
+        }
     }
 }
 

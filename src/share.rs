@@ -54,9 +54,10 @@ pub enum ShareError {
         /// The list length.
         len: u64,
     },
-    /// A position occurs twice in a position list.
-    #[error("position {0} occurs more than once")]
-    DuplicatePosition(u64),
+    /// A position list is not strictly ascending (a repeat or out of
+    /// order), at this position.
+    #[error("position {0} repeats or is out of ascending order")]
+    NotAscending(u64),
 }
 
 /// A node's long-term identity secret (a Ristretto scalar). Zeroized on drop.
@@ -186,6 +187,12 @@ impl PairwiseSecret {
         LengthKey(self.expand(b"list-length", analysis_hash, &[owner, verifier]))
     }
 
+    /// The key with which `sender` authenticates the point chunks it sends
+    /// `receiver` (its successor in the ring) through the coordinator.
+    pub fn chunk_key(&self, analysis_hash: &[u8; 32], sender: &str, receiver: &str) -> ChunkKey {
+        ChunkKey(self.expand(b"hop-chunk", analysis_hash, &[sender, receiver]))
+    }
+
     /// The AEAD key with which `sender` seals the mask sum of `owner`'s list
     /// for `recipient`.
     pub fn seal_key(
@@ -240,6 +247,66 @@ impl LengthKey {
         tag: &[u8],
     ) -> bool {
         self.mac(sid, analysis_hash, owner, rows)
+            .verify_slice(tag)
+            .is_ok()
+    }
+}
+
+/// HMAC-SHA-256 key authenticating the point chunks one node sends the
+/// next along the ring (see [`PairwiseSecret::chunk_key`]): the coordinator
+/// relays them and can neither alter, replace, reorder nor insert points.
+/// Zeroized on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct ChunkKey([u8; 32]);
+
+impl ChunkKey {
+    fn mac(
+        &self,
+        sid: &SessionId,
+        analysis_hash: &[u8; 32],
+        owner: u32,
+        offset: u64,
+        points: &[u8],
+    ) -> Hmac<Sha256> {
+        let mut m = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&self.0)
+            .expect("HMAC takes a key of any length");
+        m.update(b"cleanroom/hop-chunk/v1");
+        m.update(sid.as_bytes());
+        m.update(analysis_hash);
+        m.update(&owner.to_be_bytes());
+        m.update(&offset.to_be_bytes());
+        m.update(&(points.len() as u64).to_be_bytes());
+        m.update(points);
+        m
+    }
+
+    /// The tag on "the points of list `owner` of session `sid` from
+    /// position `offset` on are `points`".
+    pub fn tag(
+        &self,
+        sid: &SessionId,
+        analysis_hash: &[u8; 32],
+        owner: u32,
+        offset: u64,
+        points: &[u8],
+    ) -> Vec<u8> {
+        self.mac(sid, analysis_hash, owner, offset, points)
+            .finalize()
+            .into_bytes()
+            .to_vec()
+    }
+
+    /// Checks a tag (in constant time).
+    pub fn verify(
+        &self,
+        sid: &SessionId,
+        analysis_hash: &[u8; 32],
+        owner: u32,
+        offset: u64,
+        points: &[u8],
+        tag: &[u8],
+    ) -> bool {
+        self.mac(sid, analysis_hash, owner, offset, points)
             .verify_slice(tag)
             .is_ok()
     }
@@ -308,16 +375,18 @@ impl MaskSeed {
     }
 }
 
-/// Checks a position list: every entry below `len`, none repeated.
+/// Checks a position list: strictly ascending (so none repeats; checked in
+/// constant memory, whatever size a peer sends) and every entry below `len`.
 pub fn check_positions(positions: &[u64], len: u64) -> Result<(), ShareError> {
-    let mut seen = std::collections::HashSet::with_capacity(positions.len());
+    let mut prev: Option<u64> = None;
     for &p in positions {
+        if prev.is_some_and(|q| p <= q) {
+            return Err(ShareError::NotAscending(p));
+        }
         if p >= len {
             return Err(ShareError::PositionOutOfRange { position: p, len });
         }
-        if !seen.insert(p) {
-            return Err(ShareError::DuplicatePosition(p));
-        }
+        prev = Some(p);
     }
     Ok(())
 }
@@ -427,10 +496,8 @@ mod tests {
                 len: 3
             })
         );
-        assert_eq!(
-            s.mask_sum(&[1, 1], 1, 3),
-            Err(ShareError::DuplicatePosition(1))
-        );
+        assert_eq!(s.mask_sum(&[1, 1], 1, 3), Err(ShareError::NotAscending(1)));
+        assert_eq!(s.mask_sum(&[2, 1], 1, 3), Err(ShareError::NotAscending(1)));
     }
 
     #[test]

@@ -270,18 +270,58 @@ fn node_steps_refuse_misuse() {
             "{rows}"
         );
     }
-    // ...and re-blinds no point beyond it; a bad point is named by position.
+    // ...re-blinds only points its sender tagged, at the tagged position:
+    // a point the coordinator replaced (by a guess H(sid‖x)), chunks
+    // reordered or re-cut, or another list's chunk are all refused...
+    let pts = |r: std::ops::Range<usize>| &list.points[32 * r.start..32 * r.end];
+    let tag = |off: usize, p: &[u8]| na.chunk_tag(0, off as u64, p);
     let mut stream = nb.open_reblind(0, list.masked.len, &tags[1]).unwrap();
-    assert!(nb.reblind(&mut stream, &list.points[..32 * 5]).is_ok());
-    let mut bad = list.points[32 * 5..32 * 8].to_vec();
+    let unauthenticated = |r: Result<_, ProtocolError>, at: u64| {
+        matches!(r, Err(ProtocolError::UnauthenticatedChunk { ref owner, offset })
+            if owner == "bank-a" && offset == at)
+    };
+    let mut guessed = pts(0..5).to_vec();
+    guessed[64..96].copy_from_slice(pts(9..10)); // a point swapped in
+    assert!(unauthenticated(
+        nb.reblind(&mut stream, &guessed, &tag(0, pts(0..5))),
+        0
+    ));
+    assert!(unauthenticated(
+        nb.reblind(&mut stream, &guessed, &tag(0, &guessed)[..31]),
+        0
+    ));
+    assert!(unauthenticated(
+        nb.reblind(&mut stream, pts(5..8), &tag(5, pts(5..8))),
+        0
+    ));
+    assert!(unauthenticated(
+        nb.reblind(&mut stream, pts(0..4), &tag(0, pts(0..5))),
+        0
+    ));
+    assert!(unauthenticated(
+        nb.reblind(&mut stream, pts(0..5), &nb.chunk_tag(0, 0, pts(0..5))),
+        0
+    ));
+    let (out, out_tag) = nb
+        .reblind(&mut stream, pts(0..5), &tag(0, pts(0..5)))
+        .unwrap();
+    assert_eq!(
+        (out.len(), out_tag.len()),
+        (5 * 16, 0),
+        "final pass: truncated, untagged"
+    );
+    // ...refuses a point beyond the owner's length, and names a bad point's
+    // position (even one its sender tagged).
+    let mut bad = pts(5..8).to_vec();
     bad[32..64].fill(0); // the identity, at list position 6
     assert!(matches!(
-        nb.reblind(&mut stream, &bad),
+        nb.reblind(&mut stream, &bad, &tag(5, &bad)),
         Err(ProtocolError::InvalidPoint(6))
     ));
-    assert!(nb.reblind(&mut stream, &list.points[32 * 5..]).is_ok());
+    let rest = pts(5..list.points.len() / 32);
+    assert!(nb.reblind(&mut stream, rest, &tag(5, rest)).is_ok());
     assert!(matches!(
-        nb.reblind(&mut stream, &list.points[..32]),
+        nb.reblind(&mut stream, pts(0..1), &tag(list.points.len() / 32, pts(0..1))),
         Err(ProtocolError::Violation(ref m)) if m.contains("more points")
     ));
     // Only the unmasker of a list sums its masks, and only once.
@@ -295,6 +335,12 @@ fn node_steps_refuse_misuse() {
         na.mask_sum(&ask(0, 10, list.masked.len)),
         Err(ProtocolError::Violation(_))
     ));
+    // The unmasker sums over the length the list's owner authenticated to
+    // it, never over one the coordinator chose.
+    let unauthenticated = |r: Result<_, ProtocolError>| matches!(r, Err(ProtocolError::Violation(ref m)) if m.contains("did not authenticate"));
+    assert!(unauthenticated(na.mask_sum(&ask(1, 10, 20))));
+    na.open_reblind(1, 20, &nb.length_tags(20)[0]).unwrap();
+    assert!(unauthenticated(na.mask_sum(&ask(1, 10, 21))));
     // A pad of the wrong width, or more positions than rows, are refused.
     let mut short = ask(1, 10, 20);
     short.pad.pop();

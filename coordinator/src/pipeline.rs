@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use cleanroom::protocol::{MAX_LIST_ROWS, MaskedList, ProtocolError, ring};
 use cleanroom::psi::{POINT_LEN, TRUNCATED_LEN};
+use cleanroom_proto::CHUNK_POINTS;
 use cleanroom_proto::v1::{ListChunk, LocalStepRequest, PointChunk, ReblindChunk, SessionRef};
 use futures::future::{BoxFuture, try_join_all};
 use indicatif::ProgressBar;
@@ -69,12 +70,14 @@ struct Hop<'a> {
 }
 
 impl Hop<'_> {
-    /// Queues `points` (whole 32-byte points) for the hop.
+    /// Queues `points` (whole 32-byte points), with their sender's tag for
+    /// this hop, for the hop: one chunk as its sender cut it.
     async fn send(
         &mut self,
         session: &SessionRef,
         owner: usize,
         points: Vec<u8>,
+        chunk_tag: Vec<u8>,
     ) -> Result<(), CoordinatorError> {
         let k = (points.len() / POINT_LEN) as u64;
         let (list_rows, length_tag) = self.header.take().unwrap_or_default();
@@ -84,6 +87,7 @@ impl Hop<'_> {
             points,
             list_rows,
             length_tag,
+            chunk_tag,
         };
         self.peer.traffic.sent(msg.encoded_len());
         self.owed.fetch_add(k, Ordering::SeqCst);
@@ -292,7 +296,10 @@ async fn feed(
         }
         first = false;
         let k = chunk.points.len() / POINT_LEN;
-        if chunk.points.len() % POINT_LEN != 0 || chunk.masked.len() != k * width {
+        if chunk.points.len() % POINT_LEN != 0
+            || chunk.masked.len() != k * width
+            || k > CHUNK_POINTS
+        {
             return Err(source.bad("chunk sizes do not match the analysis"));
         }
         rows += k as u64;
@@ -305,7 +312,8 @@ async fn feed(
             (list.len as usize).saturating_mul(width),
         );
         received.inc(k as u64);
-        hop.send(session, owner, chunk.points).await?;
+        hop.send(session, owner, chunk.points, chunk.chunk_tag)
+            .await?;
     }
     if rows != list.len {
         return Err(source.bad("list shorter than announced"));
@@ -343,8 +351,8 @@ async fn relay(
     };
     while let Some(chunk) = next_message(from, "re-blind", &mut reply, stall, owes).await? {
         from.traffic.received(chunk.encoded_len());
-        if chunk.points.len() % out_len != 0 {
-            return Err(from.bad("re-blinded chunk is not a whole number of points"));
+        if chunk.points.len() % out_len != 0 || chunk.points.len() > CHUNK_POINTS * out_len {
+            return Err(from.bad("re-blinded chunk is not a whole number of points, or too long"));
         }
         let k = (chunk.points.len() / out_len) as u64;
         rows += k;
@@ -354,7 +362,10 @@ async fn relay(
             return Err(from.bad("re-blinded list longer than announced"));
         }
         match &mut next {
-            Some(hop) => hop.send(session, owner, chunk.points).await?,
+            Some(hop) => {
+                hop.send(session, owner, chunk.points, chunk.chunk_tag)
+                    .await?
+            }
             None => {
                 let limit = announced.get().unwrap_or(0) as usize * out_len;
                 append_bounded(&mut finals, &chunk.points, limit);

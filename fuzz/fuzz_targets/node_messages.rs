@@ -1,7 +1,8 @@
 //! What a node does with the coordinator's messages, on arbitrary bytes:
 //! a re-blind stream's length, tag and points (point decoding, chunk
-//! sizes), and a mask-sum request's sizes and positions. Errors, never a
-//! panic, and never more points re-blinded than the authenticated length.
+//! sizes, sender tags), and a mask-sum request's sizes and positions.
+//! Errors, never a panic, never more points re-blinded than the
+//! authenticated length, and never an untagged chunk.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -64,8 +65,15 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(mut stream) = f.b.open_reblind(owner, rows, &tag) {
         for chunk in rest.chunks(96) {
             let before = stream.done();
-            let _ = f.b.reblind(&mut stream, chunk);
+            // The sender's honest tag (a is b's predecessor), or none.
+            let tag = if chunk[0] & 1 == 0 {
+                f.a.chunk_tag(owner, before, chunk)
+            } else {
+                Vec::new()
+            };
+            let r = f.b.reblind(&mut stream, chunk, &tag);
             assert!(stream.done() <= stream.rows() && stream.done() >= before);
+            assert!(r.is_err() || !tag.is_empty(), "re-blinded an untagged chunk");
         }
     }
     // A mask sum with fuzzed sizes and positions (b unmasks a's list).
@@ -83,7 +91,14 @@ fuzz_target!(|data: &[u8]| {
         positions,
         pad: vec![u64::from(data[4]); (data[5] % 4) as usize],
     };
-    // `mask_sum` answers once per session: fuzz it on a fresh copy.
+    // `mask_sum` answers once per session: fuzz it on a fresh copy, which
+    // (mostly) saw a's authenticated length first.
+    let honest = f.a.length_tags(rows)[1].clone();
     drop(f);
-    let _ = session("b").mask_sum(&req);
+    let b = session("b");
+    if data[6] & 1 == 0 {
+        let _ = b.open_reblind(0, rows, &honest);
+    }
+    let mut b = b;
+    let _ = b.mask_sum(&req);
 });

@@ -79,6 +79,10 @@ pub enum NodeError {
     /// The session id was used before.
     #[error("session id {0} was already used at this node")]
     SessionReused(String),
+    /// The session ended (aborted, expired, node shutting down) before its
+    /// result could be stored; nothing was stored.
+    #[error("session {0} ended before its result was stored; nothing released")]
+    SessionEnded(String),
     /// No stored result for that session.
     #[error("no stored result for session {0}")]
     NoResult(String),

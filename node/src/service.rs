@@ -69,8 +69,9 @@ struct Session {
     /// list's mask seed); taken when sent or when the session ends.
     list: Mutex<Option<ShuffledList>>,
     local_done: AtomicBool,
-    /// Lists this node has started re-blinding: one stream per list, so the
-    /// node cannot be used as a blinding oracle.
+    /// Lists this node has started re-blinding: one stream per list (with
+    /// the owner's length tag and each chunk's sender tag, the node
+    /// re-blinds only the points the list's owner and earlier hops sent).
     reblinded: Mutex<HashSet<u32>>,
 }
 
@@ -170,7 +171,7 @@ impl std::ops::Deref for NodeService {
 /// Shared state of a running node.
 pub struct NodeState {
     config: NodeConfig,
-    store: Store,
+    store: Arc<Store>,
     ctx: SessionContext,
     identity: IdentityKey,
     peers: PeerKeys,
@@ -221,6 +222,7 @@ fn status(e: NodeError) -> Status {
         | NodeError::MissingPeerKey(_)
         | NodeError::Policy(_) => Status::failed_precondition(e.to_string()),
         NodeError::SessionReused(_) => Status::already_exists(e.to_string()),
+        NodeError::SessionEnded(_) => Status::not_found(e.to_string()),
         NodeError::Analysis(_) => Status::invalid_argument(e.to_string()),
         NodeError::Data(d) => Status::failed_precondition(d.for_peer()),
         _ => {
@@ -281,7 +283,7 @@ impl NodeService {
 
 impl NodeState {
     async fn load(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Self, NodeError> {
-        let store = Store::open(&config.state_dir, clock.clone())?;
+        let store = Arc::new(Store::open(&config.state_dir, clock.clone())?);
         let ctx = data::load_tables(&config.tables).await?;
         let identity = config.identity()?;
         let peers = config.peer_keys()?;
@@ -352,7 +354,7 @@ impl NodeState {
             s.close();
             warn!(sid = %s.sid, "session expired unfinished; its secrets are dropped, nothing released");
             let mut rec = s.record(&self.store, Event::Expire);
-            rec.outcome = "expired unfinished; nothing released".into();
+            rec.outcome = "expired unfinished".into();
             if let Err(e) = self.store.close_session(&rec) {
                 error!(sid = %s.sid, "cannot record the expiry: {e}");
             }
@@ -375,7 +377,7 @@ impl NodeState {
             s.close();
             warn!(sid = %s.sid, "node shutting down: session aborted, nothing released");
             let mut rec = s.record(&self.store, Event::Abort);
-            rec.outcome = "node shut down; nothing released".into();
+            rec.outcome = "node shut down".into();
             if let Err(e) = self.store.close_session(&rec) {
                 error!(sid = %s.sid, "cannot record the abort: {e}");
             }
@@ -599,19 +601,25 @@ fn stream_list(
         while start < len || head.is_some() {
             let s2 = s.clone();
             let chunk = blocking(move || {
-                let guard = s2.list.lock().unwrap_or_else(|e| e.into_inner());
-                let list = guard.as_ref().ok_or_else(closed)?;
-                Ok(list.chunk(start, CHUNK_POINTS))
+                let (points, masked) = {
+                    let guard = s2.list.lock().unwrap_or_else(|e| e.into_inner());
+                    let list = guard.as_ref().ok_or_else(closed)?;
+                    list.chunk(start, CHUNK_POINTS)
+                };
+                // Tagged for the successor, which re-blinds it next.
+                let tag = s2.with(|p| Ok(p.chunk_tag(p.index(), start, &points)))?;
+                Ok((points, masked, tag))
             })
             .await;
             let (dummy_positions, length_tags) = head.take().unwrap_or_default();
-            let msg = chunk.map(|(points, masked)| ListChunk {
+            let msg = chunk.map(|(points, masked, chunk_tag)| ListChunk {
                 total_rows: len,
                 dummy_positions,
                 points,
                 masked,
                 heartbeat: false,
                 length_tags,
+                chunk_tag,
             });
             let stop = msg.is_err();
             if let Ok(m) = &msg {
@@ -825,6 +833,11 @@ impl Node for NodeService {
                 };
                 let msg_points_len = msg.points.len();
                 let step = async {
+                    if msg.points.len() > CHUNK_POINTS * POINT_LEN {
+                        return Err(Status::invalid_argument(format!(
+                            "a re-blind chunk carries at most {CHUNK_POINTS} points"
+                        )));
+                    }
                     let s = this.session(&msg.session, &who)?;
                     let stream = match &bound {
                         Some((b, owner, _)) if !Arc::ptr_eq(b, &s) || *owner != msg.owner => {
@@ -867,10 +880,10 @@ impl Node for NodeService {
                             st
                         }
                     };
-                    let points = msg.points;
+                    let (points, tag) = (msg.points, msg.chunk_tag);
                     blocking(move || {
                         let mut st = stream.lock().unwrap_or_else(|e| e.into_inner());
-                        s.with(|proto| proto.reblind(&mut st, &points).map_err(proto_status))
+                        s.with(|proto| proto.reblind(&mut st, &points, &tag).map_err(proto_status))
                     })
                     .await
                 };
@@ -884,7 +897,7 @@ impl Node for NodeService {
                         }
                     }
                 }
-                let out = out.map(|points| PointChunk { points });
+                let out = out.map(|(points, chunk_tag)| PointChunk { points, chunk_tag });
                 let failed = out.is_err();
                 if tx.send(out).await.is_err() || failed {
                     break;
@@ -907,10 +920,18 @@ impl Node for NodeService {
             positions: r.positions,
             pad: r.pad,
         };
-        let s2 = s.clone();
-        let share =
-            blocking(move || s2.with_mut(|proto| proto.mask_sum(&core).map_err(proto_status)))
-                .await;
+        let (s2, store) = (s.clone(), self.store.clone());
+        // The audit record is written with the share, in the same worker:
+        // if the caller's deadline drops this call, the computed share is
+        // never sent but the record of it stays (write-ahead audit).
+        let share = blocking(move || {
+            let share = s2.with_mut(|proto| proto.mask_sum(&core).map_err(proto_status))?;
+            store
+                .log(&s2.record(&store, Event::MaskSum))
+                .map_err(status)?;
+            Ok(share)
+        })
+        .await;
         let share = match share {
             Ok(sh) => sh,
             Err(st) => {
@@ -918,9 +939,6 @@ impl Node for NodeService {
                 return Err(st);
             }
         };
-        self.store
-            .log(&s.record(&self.store, Event::MaskSum))
-            .map_err(status)?;
         Ok(Response::new(MaskSumResponse {
             sealed: match share {
                 MaskShare::Sealed(b) => b,

@@ -379,18 +379,43 @@ impl Store {
     }
 
     /// Marks a session closed (finished, aborted, expired) with its record.
+    ///
+    /// An abort or expiry says in its outcome whether a result had been
+    /// stored for the session before it ended (read in the same
+    /// transaction): "…; nothing released" or "…; its result had already
+    /// been stored".
     pub fn close_session(&self, rec: &Record) -> Result<(), NodeError> {
+        let sid = rec.sid.clone().unwrap_or_default();
         self.write(|tx| {
+            let mut rec = rec.clone();
+            if matches!(rec.event, Event::Abort | Event::Expire) {
+                let stored: bool = tx
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM results WHERE sid = ?1)",
+                        params![sid],
+                        |r| r.get(0),
+                    )
+                    .map_err(db)?;
+                rec.outcome = format!(
+                    "{}; {}",
+                    rec.outcome,
+                    if stored {
+                        "its result had already been stored"
+                    } else {
+                        "nothing released"
+                    }
+                );
+            }
             let changed = tx
                 .execute(
                     "UPDATE sessions SET closed_at = ?2, outcome = ?3 WHERE sid = ?1 AND closed_at IS NULL",
-                    params![rec.sid.clone().unwrap_or_default(), rec.time, rec.outcome],
+                    params![sid, rec.time, rec.outcome],
                 )
                 .map_err(db)?;
             // A session ends once: a second end (finish racing expiry or
             // shutdown) records nothing.
             if changed == 1 {
-                append(tx, rec)?;
+                append(tx, &rec)?;
             }
             Ok(())
         })
@@ -474,9 +499,24 @@ impl Store {
 
     /// Stores a release and its audit record in one transaction; returns the
     /// name under which it is stored.
+    ///
+    /// Refuses ([`NodeError::SessionEnded`]) when the session was closed
+    /// (aborted, expired, shut down) before: checked in the same
+    /// transaction, so a release never follows an end that said nothing was
+    /// released.
     pub fn store_result(&self, release: &Release, rec: &Record) -> Result<String, NodeError> {
         let json = to_json(release)?;
         self.write(|tx| {
+            let open: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM sessions WHERE sid = ?1 AND closed_at IS NULL)",
+                    params![release.sid],
+                    |r| r.get(0),
+                )
+                .map_err(db)?;
+            if !open {
+                return Err(NodeError::SessionEnded(release.sid.clone()));
+            }
             tx.execute(
                 "INSERT INTO results (sid, analysis_hash, stored_at, release) VALUES (?1, ?2, ?3, ?4)",
                 params![release.sid, release.analysis_hash, rec.time, json],
@@ -691,4 +731,77 @@ fn parse_release(json: &str) -> Result<Release, NodeError> {
 /// JSON of a record or release for the database.
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String, NodeError> {
     serde_json::to_string(v).map_err(|e| NodeError::Store(format!("cannot encode as JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+
+    fn session_record(store: &Store, event: Event, sid: &str) -> Record {
+        let mut r = store.record(event);
+        r.sid = Some(sid.to_string());
+        r.analysis_hash = Some("00".repeat(32));
+        r.coordinator = Some("coordinator".into());
+        r
+    }
+
+    fn release(sid: &str) -> Release {
+        Release {
+            analysis: "t".into(),
+            analysis_hash: "00".repeat(32),
+            sid: sid.into(),
+            noisy: false,
+            group_by: None,
+            rows: Vec::new(),
+        }
+    }
+
+    fn outcomes(store: &Store) -> Vec<String> {
+        store
+            .audit_chain()
+            .unwrap()
+            .iter()
+            .map(|s| serde_json::from_str::<Record>(&s.json).unwrap().outcome)
+            .collect()
+    }
+
+    /// A result is stored only while its session is open; an end says
+    /// whether a result had been stored before it.
+    #[test]
+    fn results_only_for_open_sessions_and_ends_say_what_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), SystemClock::shared()).unwrap();
+        let (a, b) = ("aa".repeat(32), "bb".repeat(32));
+        for sid in [&a, &b] {
+            store
+                .open_session(&session_record(&store, Event::Setup, sid))
+                .unwrap();
+        }
+        // Session a is aborted (say, by shutdown) before its delivery.
+        let mut abort = session_record(&store, Event::Abort, &a);
+        abort.outcome = "node shut down".into();
+        store.close_session(&abort).unwrap();
+        let rec = session_record(&store, Event::Release, &a);
+        assert!(matches!(
+            store.store_result(&release(&a), &rec),
+            Err(NodeError::SessionEnded(s)) if s == a
+        ));
+        // Session b delivers, then expires unfinished.
+        let rec = session_record(&store, Event::Release, &b);
+        store.store_result(&release(&b), &rec).unwrap();
+        let mut expire = session_record(&store, Event::Expire, &b);
+        expire.outcome = "expired unfinished".into();
+        store.close_session(&expire).unwrap();
+        let out = outcomes(&store);
+        assert!(
+            out.contains(&"node shut down; nothing released".to_string()),
+            "{out:?}"
+        );
+        assert!(
+            out.contains(&"expired unfinished; its result had already been stored".to_string()),
+            "{out:?}"
+        );
+        assert_eq!(store.results().unwrap().len(), 1);
+    }
 }

@@ -82,49 +82,107 @@ pub fn authorized_name<'a>(peer: &CertificateDer<'_>, allowed: &'a [String]) -> 
     })
 }
 
+/// The subject and usages of the development CA (one definition, so a CA
+/// loaded from its key issues certificates that chain to the written one).
+fn dev_ca_params() -> Result<CertificateParams, rcgen::Error> {
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "cleanroom development CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(ca)
+}
+
+fn tls_err(e: rcgen::Error) -> NodeError {
+    NodeError::Tls(e.to_string())
+}
+
+fn write_file(path: PathBuf, body: &str) -> Result<PathBuf, NodeError> {
+    fs::write(&path, body).map_err(|e| NodeError::io(&path, e))?;
+    Ok(path)
+}
+
+/// A development certificate authority (for development and tests only:
+/// production uses the bank's own PKI).
+pub struct DevCa {
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for DevCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DevCa(<key>)")
+    }
+}
+
+impl DevCa {
+    /// Loads the CA that [`write_dev_certs`] wrote into `dir` (its
+    /// `ca.key`), to issue more certificates under it.
+    pub fn load(dir: &Path) -> Result<Self, NodeError> {
+        let path = dir.join("ca.key");
+        let pem = fs::read_to_string(&path).map_err(|e| NodeError::io(&path, e))?;
+        let key = KeyPair::from_pem(&pem).map_err(tls_err)?;
+        Ok(DevCa {
+            issuer: Issuer::new(dev_ca_params().map_err(tls_err)?, key),
+        })
+    }
+
+    /// Writes `DIR/NAME.pem` and `DIR/NAME.key`: a leaf valid for the DNS
+    /// name `NAME` (and `localhost`, 127.0.0.1) as both TLS server and
+    /// client, from `not_before` to `not_after` (rcgen's far-reaching
+    /// defaults when `None`).
+    pub fn issue(
+        &self,
+        dir: &Path,
+        name: &str,
+        validity: Option<(time::OffsetDateTime, time::OffsetDateTime)>,
+    ) -> Result<[PathBuf; 2], NodeError> {
+        if ServerName::try_from(name).is_err() || name.contains('/') {
+            return Err(NodeError::Tls(format!("{name:?} is not a valid DNS name")));
+        }
+        fs::create_dir_all(dir).map_err(|e| NodeError::io(dir, e))?;
+        let key = KeyPair::generate().map_err(tls_err)?;
+        let mut params = CertificateParams::new(vec![
+            name.to_string(),
+            "localhost".into(),
+            "127.0.0.1".into(),
+        ])
+        .map_err(tls_err)?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        if let Some((not_before, not_after)) = validity {
+            params.not_before = not_before;
+            params.not_after = not_after;
+        }
+        let cert = params.signed_by(&key, &self.issuer).map_err(tls_err)?;
+        Ok([
+            write_file(dir.join(format!("{name}.pem")), &cert.pem())?,
+            write_file(dir.join(format!("{name}.key")), &key.serialize_pem())?,
+        ])
+    }
+}
+
 /// Writes a development CA and one leaf certificate per name into `dir`:
 /// `ca.pem`, `ca.key`, `NAME.pem`, `NAME.key`. Each leaf is valid for the DNS
 /// name `NAME` (and `localhost`, 127.0.0.1) as both TLS server and client.
 /// For development and tests only: production uses the bank's own PKI.
 pub fn write_dev_certs(dir: &Path, names: &[String]) -> Result<Vec<PathBuf>, NodeError> {
-    let err = |e: rcgen::Error| NodeError::Tls(e.to_string());
     fs::create_dir_all(dir).map_err(|e| NodeError::io(dir, e))?;
-    let ca_key = KeyPair::generate().map_err(err)?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "cleanroom development CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
-    let mut written = Vec::new();
-    let mut write = |name: String, body: String| -> Result<(), NodeError> {
-        let p = dir.join(name);
-        fs::write(&p, body).map_err(|e| NodeError::io(&p, e))?;
-        written.push(p);
-        Ok(())
+    let ca_key = KeyPair::generate().map_err(tls_err)?;
+    let ca_cert = dev_ca_params()
+        .and_then(|p| p.self_signed(&ca_key))
+        .map_err(tls_err)?;
+    let mut written = vec![
+        write_file(dir.join("ca.pem"), &ca_cert.pem())?,
+        write_file(dir.join("ca.key"), &ca_key.serialize_pem())?,
+    ];
+    let ca = DevCa {
+        issuer: Issuer::new(dev_ca_params().map_err(tls_err)?, ca_key),
     };
-    write("ca.pem".into(), ca_cert.pem())?;
-    write("ca.key".into(), ca_key.serialize_pem())?;
-    let issuer = Issuer::new(ca_params, ca_key);
     for name in names {
-        if ServerName::try_from(name.as_str()).is_err() || name.contains('/') {
-            return Err(NodeError::Tls(format!("{name:?} is not a valid DNS name")));
-        }
-        let key = KeyPair::generate().map_err(err)?;
-        let mut params =
-            CertificateParams::new(vec![name.clone(), "localhost".into(), "127.0.0.1".into()])
-                .map_err(err)?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, name.as_str());
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = params.signed_by(&key, &issuer).map_err(err)?;
-        write(format!("{name}.pem"), cert.pem())?;
-        write(format!("{name}.key"), key.serialize_pem())?;
+        written.extend(ca.issue(dir, name, None)?);
     }
     Ok(written)
 }

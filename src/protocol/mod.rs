@@ -152,6 +152,18 @@ pub enum ProtocolError {
     /// A list length did not come with its owner's valid tag.
     #[error("the length of {0:?}'s list is not authenticated by its owner")]
     UnauthenticatedLength(String),
+    /// A chunk of points did not come with a valid tag from the node that
+    /// produced it (the list's owner or the previous hop): the coordinator
+    /// altered, replaced, reordered or inserted points.
+    #[error(
+        "the points of {owner:?}'s list from position {offset} are not authenticated by the node that sent them"
+    )]
+    UnauthenticatedChunk {
+        /// The list's owner.
+        owner: String,
+        /// List position of the chunk's first point.
+        offset: u64,
+    },
     /// A point to re-blind is not a canonical Ristretto encoding, or is the
     /// identity.
     #[error(

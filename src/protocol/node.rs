@@ -18,7 +18,7 @@ use crate::analysis::{Aggregate, Analysis, AnalysisHash};
 use crate::psi::{BlindingKey, HashToGroup, POINT_LEN, TRUNCATED_LEN};
 use crate::session::SessionId;
 use crate::share::{
-    self, IdentityKey, IdentityPublic, LengthKey, MaskSeed, PairwiseSecret, SealKey,
+    self, ChunkKey, IdentityKey, IdentityPublic, LengthKey, MaskSeed, PairwiseSecret, SealKey,
 };
 
 /// Pinned identity public keys of the other parties, by name.
@@ -109,6 +109,15 @@ pub struct NodeSession {
     length_out: Vec<Option<LengthKey>>,
     /// Per party `i`: the key checking `i`'s list length (`None` for itself).
     length_in: Vec<Option<LengthKey>>,
+    /// Per party `i`: the length of `i`'s list as its tag authenticated it
+    /// here (set when its re-blind stream opens): the mask sum over `i`'s
+    /// list must use this length, not one the coordinator chose.
+    verified_rows: Vec<std::sync::OnceLock<u64>>,
+    /// Authenticates the point chunks this node sends its successor (its
+    /// own list, and lists it re-blinds before their final pass).
+    chunk_out: ChunkKey,
+    /// Checks the point chunks its predecessor sent it.
+    chunk_in: ChunkKey,
     kept: Option<Vec<u64>>,
     mask_sum_done: bool,
     delivered: bool,
@@ -188,7 +197,14 @@ impl NodeSession {
                 length_in.push(Some(s.length_key(&hash.0, name(j), me)));
             }
         }
+        // Chunk keys with the ring neighbours: every list moves from a
+        // node to its successor (through the coordinator).
+        let (succ, pred_node) = ((me_idx + 1) % n, (me_idx + n - 1) % n);
+        let chunk_out = secret_with(succ)?.chunk_key(&hash.0, me, name(succ));
+        let chunk_in = secret_with(pred_node)?.chunk_key(&hash.0, name(pred_node), me);
         Ok(NodeSession {
+            chunk_out,
+            chunk_in,
             analysis: analysis.clone(),
             hash,
             sid,
@@ -201,6 +217,7 @@ impl NodeSession {
             seal,
             open_keys,
             length_out,
+            verified_rows: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
             length_in,
             kept: None,
             mask_sum_done: false,
@@ -247,8 +264,8 @@ impl NodeSession {
     /// Step 2: tags authenticating this node's list length (`rows`), one
     /// per party in ring order (empty for itself). The coordinator relays
     /// each to the node that re-blinds the list, which re-blinds no more
-    /// points than the tagged length: a coordinator cannot push extra
-    /// (guessed) points through a node's blinding.
+    /// points than the tagged length (and, with [`NodeSession::chunk_tag`],
+    /// only the points its predecessor sent).
     pub fn length_tags(&self, rows: u64) -> Vec<Vec<u8>> {
         self.length_out
             .iter()
@@ -288,6 +305,9 @@ impl NodeSession {
                 self.name(owner).to_string(),
             ));
         }
+        // A tag authenticates one length per owner and session, so a second
+        // (refused elsewhere) stream could only set the same value.
+        let _ = self.verified_rows[owner].set(rows);
         Ok(ReblindStream {
             owner,
             rows,
@@ -300,15 +320,31 @@ impl NodeSession {
         })
     }
 
-    /// Step 3: re-blinds the next chunk of a stream. The last party on the
-    /// list's route returns truncated points. Refuses points beyond the
-    /// owner's authenticated length, and names the position (in the list)
-    /// of any point that is not a canonical, non-identity encoding.
+    /// Step 2: the tag with which this node sends its successor the points
+    /// of list `owner` from position `offset` on (its own list, `owner` =
+    /// this node, or a list it re-blinded). The coordinator relays it; the
+    /// successor re-blinds nothing without it (see [`NodeSession::reblind`]).
+    pub fn chunk_tag(&self, owner: usize, offset: u64, points: &[u8]) -> Vec<u8> {
+        self.chunk_out
+            .tag(&self.sid, &self.hash.0, owner as u32, offset, points)
+    }
+
+    /// Step 3: re-blinds the next chunk of a stream, which must carry the
+    /// tag of the node that sent it (the list's owner or the previous hop,
+    /// always this node's predecessor): the coordinator cannot alter,
+    /// replace, reorder or insert a point, so it cannot slip a guessed key's
+    /// point `H(sid‖x)` through this node's blinding. Refuses points beyond
+    /// the owner's authenticated length, and names the position (in the
+    /// list) of any point that is not a canonical, non-identity encoding.
+    /// Returns the re-blinded points and their tag for the successor (empty
+    /// after the final, truncating pass, whose output stays with the
+    /// coordinator).
     pub fn reblind(
         &self,
         stream: &mut ReblindStream,
         points: &[u8],
-    ) -> Result<Vec<u8>, ProtocolError> {
+        tag: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>), ProtocolError> {
         let k = (points.len() / POINT_LEN) as u64;
         if stream.done + k > stream.rows {
             return Err(ProtocolError::Violation(format!(
@@ -316,6 +352,16 @@ impl NodeSession {
                 self.name(stream.owner),
                 stream.rows
             )));
+        }
+        let owner = stream.owner as u32;
+        if !self
+            .chunk_in
+            .verify(&self.sid, &self.hash.0, owner, stream.done, points, tag)
+        {
+            return Err(ProtocolError::UnauthenticatedChunk {
+                owner: self.name(stream.owner).to_string(),
+                offset: stream.done,
+            });
         }
         let out = self
             .blinding
@@ -326,8 +372,13 @@ impl NodeSession {
                 }
                 e => e.into(),
             })?;
+        let out_tag = if stream.out_len == POINT_LEN {
+            self.chunk_tag(stream.owner, stream.done, &out)
+        } else {
+            Vec::new()
+        };
         stream.done += k;
-        Ok(out)
+        Ok((out, out_tag))
     }
 
     /// Step 5: sums the masks of the matched positions of the predecessor's
@@ -361,6 +412,12 @@ impl NodeSession {
             return Err(ProtocolError::Violation(format!(
                 "pad has {} words, list of {owner_name} has {width} masked slots",
                 req.pad.len()
+            )));
+        }
+        if self.verified_rows[owner].get() != Some(&req.list_len) {
+            return Err(ProtocolError::Violation(format!(
+                "mask sum over a list length of {} that {owner_name} did not authenticate here",
+                req.list_len
             )));
         }
         if req.list_len > MAX_LIST_ROWS || req.positions.len() as u64 > req.list_len {
@@ -471,7 +528,11 @@ impl NodeSession {
             // without DP, the unmasker) applied the threshold already.
             let count = match (delivery.count, self.layout.count_slot(g)) {
                 (Some(c), _) => Some(c),
-                (None, Some((p, slot))) => Some(plain[p][slot] as i64 - shift),
+                (None, Some((p, slot))) => {
+                    Some((plain[p][slot] as i64).checked_sub(shift).ok_or_else(|| {
+                        ProtocolError::Violation("unmasked count out of range".into())
+                    })?)
+                }
                 (None, None) => None,
             };
             if count.is_some_and(below) {

@@ -25,6 +25,9 @@ pub enum Inbound {
         owner: usize,
         /// The points as received.
         points: Vec<u8>,
+        /// Their sender's tag (pseudorandom: an HMAC under a key the
+        /// receiver shares with its predecessor).
+        tag: Vec<u8>,
     },
     /// Step 5: positions and pad of the predecessor's list.
     MaskSum(MaskSumRequest),
@@ -135,6 +138,8 @@ pub fn simulate_streaming<R: CryptoRng + ?Sized>(
             .collect::<Result<Vec<_>, ProtocolError>>()?;
         while start < list.len() {
             let (mut points, masked) = list.chunk(start, chunk);
+            // Each chunk carries its sender's tag for the next hop.
+            let mut tag = nodes[owner].chunk_tag(owner, start, &points);
             start += (points.len() / POINT_LEN) as u64;
             prepared.points.extend_from_slice(&points);
             prepared.masked.values.extend_from_slice(&masked);
@@ -142,8 +147,9 @@ pub fn simulate_streaming<R: CryptoRng + ?Sized>(
                 t.received[*hop].push(Inbound::Reblind {
                     owner,
                     points: points.clone(),
+                    tag: tag.clone(),
                 });
-                points = nodes[*hop].reblind(stream, &points)?;
+                (points, tag) = nodes[*hop].reblind(stream, &points, &tag)?;
             }
             finals.extend_from_slice(&points);
         }
