@@ -352,7 +352,7 @@ impl NodeState {
             });
         for s in expired {
             s.close();
-            warn!(sid = %s.sid, "session expired unfinished; its secrets are dropped, nothing released");
+            warn!(sid = %s.sid, "session expired unfinished; its secrets are dropped");
             let mut rec = s.record(&self.store, Event::Expire);
             rec.outcome = "expired unfinished".into();
             if let Err(e) = self.store.close_session(&rec) {
@@ -375,7 +375,7 @@ impl NodeState {
             .collect();
         for s in &open {
             s.close();
-            warn!(sid = %s.sid, "node shutting down: session aborted, nothing released");
+            warn!(sid = %s.sid, "node shutting down: session aborted");
             let mut rec = s.record(&self.store, Event::Abort);
             rec.outcome = "node shut down".into();
             if let Err(e) = self.store.close_session(&rec) {
@@ -832,6 +832,7 @@ impl Node for NodeService {
                     }
                 };
                 let msg_points_len = msg.points.len();
+                let session_ref = msg.session.clone();
                 let step = async {
                     if msg.points.len() > CHUNK_POINTS * POINT_LEN {
                         return Err(Status::invalid_argument(format!(
@@ -891,11 +892,17 @@ impl Node for NodeService {
                 let out = step.await;
                 match &out {
                     Ok(_) => points_done += input_points,
-                    Err(st) => {
-                        if let Some((s, _, _)) = &bound {
-                            this.failed(s, "re-blind", st);
+                    Err(st) => match &bound {
+                        Some((s, _, _)) => this.failed(s, "re-blind", st),
+                        // A refused first chunk (bad length tag, a second
+                        // stream for a list) is recorded too: it is what a
+                        // coordinator probing for an oracle would send.
+                        None => {
+                            if let Ok(s) = this.session(&session_ref, &who) {
+                                this.failed(&s, "re-blind", st);
+                            }
                         }
-                    }
+                    },
                 }
                 let out = out.map(|(points, chunk_tag)| PointChunk { points, chunk_tag });
                 let failed = out.is_err();
@@ -978,7 +985,14 @@ impl Node for NodeService {
             .iter()
             .map(|a| a.to_string())
             .collect();
-        let stored_as = self.store.store_result(&release, &rec).map_err(status)?;
+        let stored_as = match self.store.store_result(&release, &rec) {
+            Ok(name) => name,
+            Err(e) => {
+                let st = status(e);
+                self.failed(&s, "deliver", &st);
+                return Err(st);
+            }
+        };
         info!(sid = %s.sid, analysis = %s.analysis.name, "result stored in the state database");
         Ok(Response::new(DeliverResponse { stored_as }))
     }
@@ -997,7 +1011,7 @@ impl Node for NodeService {
         s.close();
         let reason = r.reason().as_str_name();
         let rec = if r.aborted {
-            warn!(sid = %s.sid, reason, "session aborted by the coordinator; nothing released");
+            warn!(sid = %s.sid, reason, "session aborted by the coordinator");
             let mut rec = s.record(&self.store, Event::Abort);
             rec.outcome = reason.to_string();
             rec
