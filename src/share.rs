@@ -184,13 +184,21 @@ impl PairwiseSecret {
     /// The key with which `owner` authenticates its list's length to
     /// `verifier`, a node that re-blinds the list.
     pub fn length_key(&self, analysis_hash: &[u8; 32], owner: &str, verifier: &str) -> LengthKey {
-        LengthKey(self.expand(b"list-length", analysis_hash, &[owner, verifier]))
+        LengthKey(PairMac(self.expand(
+            b"list-length",
+            analysis_hash,
+            &[owner, verifier],
+        )))
     }
 
     /// The key with which `sender` authenticates the point chunks it sends
     /// `receiver` (its successor in the ring) through the coordinator.
     pub fn chunk_key(&self, analysis_hash: &[u8; 32], sender: &str, receiver: &str) -> ChunkKey {
-        ChunkKey(self.expand(b"hop-chunk", analysis_hash, &[sender, receiver]))
+        ChunkKey(PairMac(self.expand(
+            b"hop-chunk",
+            analysis_hash,
+            &[sender, receiver],
+        )))
     }
 
     /// The AEAD key with which `sender` seals the mask sum of `owner`'s list
@@ -206,35 +214,82 @@ impl PairwiseSecret {
     }
 }
 
-/// HMAC-SHA-256 key binding one list's length from its owner to one
-/// re-blinding node (see [`PairwiseSecret::length_key`]). Zeroized on drop.
+/// An HMAC-SHA-256 key one node shares with another (derived from their
+/// pairwise secret for one purpose and direction). Every message it
+/// authenticates starts with a label, the sid, the analysis hash and the
+/// list's owner. Zeroized on drop.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct LengthKey([u8; 32]);
+struct PairMac([u8; 32]);
 
-impl LengthKey {
+impl PairMac {
     fn mac(
         &self,
+        label: &[u8],
         sid: &SessionId,
         analysis_hash: &[u8; 32],
         owner: u32,
-        rows: u64,
+        fields: &[&[u8]],
     ) -> Hmac<Sha256> {
         let mut m = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&self.0)
             .expect("HMAC takes a key of any length");
-        m.update(b"cleanroom/list-length/v1");
+        m.update(label);
         m.update(sid.as_bytes());
         m.update(analysis_hash);
         m.update(&owner.to_be_bytes());
-        m.update(&rows.to_be_bytes());
+        for f in fields {
+            m.update(f);
+        }
         m
     }
 
-    /// The tag on "list `owner` of session `sid` has `rows` rows".
-    pub fn tag(&self, sid: &SessionId, analysis_hash: &[u8; 32], owner: u32, rows: u64) -> Vec<u8> {
-        self.mac(sid, analysis_hash, owner, rows)
+    fn tag(
+        &self,
+        label: &[u8],
+        sid: &SessionId,
+        analysis_hash: &[u8; 32],
+        owner: u32,
+        fields: &[&[u8]],
+    ) -> Vec<u8> {
+        self.mac(label, sid, analysis_hash, owner, fields)
             .finalize()
             .into_bytes()
             .to_vec()
+    }
+
+    /// Checks a tag in constant time.
+    fn verify(
+        &self,
+        label: &[u8],
+        sid: &SessionId,
+        analysis_hash: &[u8; 32],
+        owner: u32,
+        fields: &[&[u8]],
+        tag: &[u8],
+    ) -> bool {
+        self.mac(label, sid, analysis_hash, owner, fields)
+            .verify_slice(tag)
+            .is_ok()
+    }
+}
+
+const LENGTH_LABEL: &[u8] = b"cleanroom/list-length/v1";
+const CHUNK_LABEL: &[u8] = b"cleanroom/hop-chunk/v1";
+
+/// HMAC-SHA-256 key binding one list's length from its owner to one
+/// re-blinding node (see [`PairwiseSecret::length_key`]). Zeroized on drop.
+#[derive(Clone)]
+pub struct LengthKey(PairMac);
+
+impl LengthKey {
+    /// The tag on "list `owner` of session `sid` has `rows` rows".
+    pub fn tag(&self, sid: &SessionId, analysis_hash: &[u8; 32], owner: u32, rows: u64) -> Vec<u8> {
+        self.0.tag(
+            LENGTH_LABEL,
+            sid,
+            analysis_hash,
+            owner,
+            &[&rows.to_be_bytes()],
+        )
     }
 
     /// Checks a tag (in constant time).
@@ -246,9 +301,14 @@ impl LengthKey {
         rows: u64,
         tag: &[u8],
     ) -> bool {
-        self.mac(sid, analysis_hash, owner, rows)
-            .verify_slice(tag)
-            .is_ok()
+        self.0.verify(
+            LENGTH_LABEL,
+            sid,
+            analysis_hash,
+            owner,
+            &[&rows.to_be_bytes()],
+            tag,
+        )
     }
 }
 
@@ -256,30 +316,10 @@ impl LengthKey {
 /// next along the ring (see [`PairwiseSecret::chunk_key`]): the coordinator
 /// relays them and can neither alter, replace, reorder nor insert points.
 /// Zeroized on drop.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct ChunkKey([u8; 32]);
+#[derive(Clone)]
+pub struct ChunkKey(PairMac);
 
 impl ChunkKey {
-    fn mac(
-        &self,
-        sid: &SessionId,
-        analysis_hash: &[u8; 32],
-        owner: u32,
-        offset: u64,
-        points: &[u8],
-    ) -> Hmac<Sha256> {
-        let mut m = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&self.0)
-            .expect("HMAC takes a key of any length");
-        m.update(b"cleanroom/hop-chunk/v1");
-        m.update(sid.as_bytes());
-        m.update(analysis_hash);
-        m.update(&owner.to_be_bytes());
-        m.update(&offset.to_be_bytes());
-        m.update(&(points.len() as u64).to_be_bytes());
-        m.update(points);
-        m
-    }
-
     /// The tag on "the points of list `owner` of session `sid` from
     /// position `offset` on are `points`".
     pub fn tag(
@@ -290,10 +330,14 @@ impl ChunkKey {
         offset: u64,
         points: &[u8],
     ) -> Vec<u8> {
-        self.mac(sid, analysis_hash, owner, offset, points)
-            .finalize()
-            .into_bytes()
-            .to_vec()
+        let len = (points.len() as u64).to_be_bytes();
+        self.0.tag(
+            CHUNK_LABEL,
+            sid,
+            analysis_hash,
+            owner,
+            &[&offset.to_be_bytes(), &len, points],
+        )
     }
 
     /// Checks a tag (in constant time).
@@ -306,9 +350,15 @@ impl ChunkKey {
         points: &[u8],
         tag: &[u8],
     ) -> bool {
-        self.mac(sid, analysis_hash, owner, offset, points)
-            .verify_slice(tag)
-            .is_ok()
+        let len = (points.len() as u64).to_be_bytes();
+        self.0.verify(
+            CHUNK_LABEL,
+            sid,
+            analysis_hash,
+            owner,
+            &[&offset.to_be_bytes(), &len, points],
+            tag,
+        )
     }
 }
 

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cleanroom::session::os_rng;
@@ -32,12 +31,7 @@ async fn check_run(n: usize, recipient: usize, seed: u64) {
         .unwrap()
         .result(&report.sid)
         .unwrap();
-    let got: BTreeMap<String, i64> = stored.rows[0]
-        .values
-        .iter()
-        .map(|v| (v.aggregate.clone(), v.value))
-        .collect();
-    assert_eq!(got, want);
+    assert_eq!(released(&stored), want);
     assert!(!stored.noisy);
     assert_eq!(
         stored.analysis_hash,
@@ -265,12 +259,7 @@ async fn catalog_lists_metadata_only() {
 async fn demo_matches_plaintext_truth() {
     logs();
     let (release, truth) = cleanroom_coordinator::demo::run_demo(false).await.unwrap();
-    let got: BTreeMap<String, i64> = release.rows[0]
-        .values
-        .iter()
-        .map(|v| (v.aggregate.clone(), v.value))
-        .collect();
-    assert_eq!(got, truth);
+    assert_eq!(released(&release), truth);
     assert!(truth["count"] >= 10);
 }
 
@@ -507,13 +496,7 @@ async fn twenty_in_a_row_and_four_at_once() {
     let cluster = Cluster::start(&banks, &[&text]).await;
     let want = plaintext(&banks);
     let check = |sid: &SessionId| {
-        let stored = cluster.store(1).result(sid).unwrap();
-        let got: BTreeMap<String, i64> = stored.rows[0]
-            .values
-            .iter()
-            .map(|v| (v.aggregate.clone(), v.value))
-            .collect();
-        assert_eq!(got, want);
+        assert_eq!(released(&cluster.store(1).result(sid).unwrap()), want);
     };
     for _ in 0..20 {
         let r = cluster.run(&text, "coordinator").await.unwrap();

@@ -351,13 +351,19 @@ impl NodeState {
                 keep
             });
         for s in expired {
-            s.close();
             warn!(sid = %s.sid, "session expired unfinished; its secrets are dropped");
-            let mut rec = s.record(&self.store, Event::Expire);
-            rec.outcome = "expired unfinished".into();
-            if let Err(e) = self.store.close_session(&rec) {
-                error!(sid = %s.sid, "cannot record the expiry: {e}");
-            }
+            self.end_session(&s, Event::Expire, "expired unfinished");
+        }
+    }
+
+    /// Ends `s` on the node's own initiative (expiry, shutdown): its
+    /// secrets dropped, the end recorded once with `outcome`.
+    fn end_session(&self, s: &Session, event: Event, outcome: &str) {
+        s.close();
+        let mut rec = s.record(&self.store, event);
+        rec.outcome = outcome.into();
+        if let Err(e) = self.store.close_session(&rec) {
+            error!(sid = %s.sid, "cannot record the end of the session ({outcome}): {e}");
         }
     }
 
@@ -374,13 +380,8 @@ impl NodeState {
             .map(|(_, s)| s)
             .collect();
         for s in &open {
-            s.close();
             warn!(sid = %s.sid, "node shutting down: session aborted");
-            let mut rec = s.record(&self.store, Event::Abort);
-            rec.outcome = "node shut down".into();
-            if let Err(e) = self.store.close_session(&rec) {
-                error!(sid = %s.sid, "cannot record the abort: {e}");
-            }
+            self.end_session(s, Event::Abort, "node shut down");
         }
         open.len()
     }

@@ -92,18 +92,7 @@ async fn cli_flow_step_by_step() {
 fn errors_are_clear() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    ok(node(
-        dir,
-        &[
-            "certs",
-            "--out",
-            "certs",
-            "--names",
-            "bank-a,bank-b,coordinator",
-        ],
-    ));
-    ok(node(dir, &["keygen", "--out", "keys/bank-a.key"]));
-    ok(node(dir, &["keygen", "--out", "keys/bank-b.key"]));
+    certs_and_keys(dir);
     std::fs::write(dir.join("c.toml"), config("bank-c", "bank-a", "")).unwrap();
     ok(node(dir, &["keygen", "--out", "keys/bank-c.key"]));
     std::fs::write(dir.join("mule.toml"), ANALYSIS).unwrap();
@@ -164,9 +153,6 @@ fn errors_are_clear() {
 /// next run debits again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_debit_leaves_a_consistent_ledger() {
-    use cleanroom_proto::v1::node_client::NodeClient;
-    use cleanroom_proto::v1::{SessionRef, SetupRequest};
-
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let text = dp_analysis();
@@ -214,24 +200,10 @@ async fn crash_after_debit_leaves_a_consistent_ledger() {
     let sid = debit["sid"].as_str().unwrap().to_string();
 
     // The crashed session cannot be resumed: its sid is spent.
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr_a}"))
-        .unwrap()
-        .tls_config(tls.client_config("bank-a"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let err = NodeClient::new(channel)
-        .setup(SetupRequest {
-            session: Some(SessionRef {
-                sid: hex::decode(&sid).unwrap(),
-                analysis_hash: cleanroom::Analysis::parse(&text).unwrap().hash().0.to_vec(),
-            }),
-            analysis_toml: text.clone(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    assert_eq!(
+        setup_again(dir, &addr_a, "bank-a", hex::decode(&sid).unwrap(), &text).await,
+        tonic::Code::AlreadyExists
+    );
 
     // A new run completes and debits once more.
     run_analysis(

@@ -117,6 +117,16 @@ pub fn analysis_text(n: usize, recipient: usize, min_matched: u64) -> String {
     )
 }
 
+/// An ungrouped release's values, aggregate → value (to compare with
+/// [`plaintext`]).
+pub fn released(r: &cleanroom::protocol::Release) -> BTreeMap<String, i64> {
+    r.rows[0]
+        .values
+        .iter()
+        .map(|v| (v.aggregate.clone(), v.value))
+        .collect()
+}
+
 /// The plaintext join the protocol must reproduce.
 pub fn plaintext(banks: &[Bank]) -> BTreeMap<String, i64> {
     let grouped: Vec<BTreeMap<String, (u64, u64)>> = banks

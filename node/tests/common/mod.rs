@@ -7,6 +7,9 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
 use cleanroom_coordinator::NodeTarget;
+use cleanroom_node::tls::TlsMaterial;
+use cleanroom_proto::v1::node_client::NodeClient;
+use cleanroom_proto::v1::{SessionRef, SetupRequest};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cleanroom-node");
 pub const ANALYSIS: &str = include_str!("../../../examples/mule-cashout.toml");
@@ -105,11 +108,9 @@ pub fn write_configs(dir: &Path) {
     .unwrap();
 }
 
-/// Certificates, identity keys and configs for bank-a and bank-b over the
-/// example data in `dir`, and `analysis` written as `analysis.toml` and
-/// approved at both.
-pub fn two_banks(dir: &Path, analysis: &str) {
-    write_configs(dir);
+/// Development certificates (`certs/`) for bank-a, bank-b and the
+/// coordinator, and identity keys (`keys/`) for bank-a and bank-b.
+pub fn certs_and_keys(dir: &Path) {
     ok(node(
         dir,
         &[
@@ -122,6 +123,14 @@ pub fn two_banks(dir: &Path, analysis: &str) {
     ));
     ok(node(dir, &["keygen", "--out", "keys/bank-a.key"]));
     ok(node(dir, &["keygen", "--out", "keys/bank-b.key"]));
+}
+
+/// Certificates, identity keys and configs for bank-a and bank-b over the
+/// example data in `dir`, and `analysis` written as `analysis.toml` and
+/// approved at both.
+pub fn two_banks(dir: &Path, analysis: &str) {
+    write_configs(dir);
+    certs_and_keys(dir);
     std::fs::write(dir.join("analysis.toml"), analysis).unwrap();
     ok(node(
         dir,
@@ -153,4 +162,41 @@ pub fn dp_analysis() -> String {
         "min_matched = 1\nepsilon = 1.0\n[privacy.bounds]\n\"bank-a.transfers\" = 10\n\
          \"bank-a.amount_cents\" = 100000000\n\"bank-b.cashouts\" = 10",
     )
+}
+
+/// A channel to the node serving `server`'s certificate at `addr`, as the
+/// coordinator (mutual TLS with `dir/certs`).
+pub async fn connect(dir: &Path, addr: &str, server: &str) -> tonic::transport::Channel {
+    let tls = TlsMaterial::from_dir(&dir.join("certs"), "coordinator").unwrap();
+    tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls.client_config(server))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Calls setup for `sid` of `analysis` at a node and returns the status
+/// code of its refusal (a spent sid gives `AlreadyExists`).
+pub async fn setup_again(
+    dir: &Path,
+    addr: &str,
+    server: &str,
+    sid: Vec<u8>,
+    analysis: &str,
+) -> tonic::Code {
+    let analysis_hash = cleanroom::Analysis::parse(analysis)
+        .unwrap()
+        .hash()
+        .0
+        .to_vec();
+    NodeClient::new(connect(dir, addr, server).await)
+        .setup(SetupRequest {
+            session: Some(SessionRef { sid, analysis_hash }),
+            analysis_toml: analysis.to_string(),
+        })
+        .await
+        .unwrap_err()
+        .code()
 }
