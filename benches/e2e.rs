@@ -57,7 +57,7 @@ min_matched = 1
                 dir,
                 &certs,
                 name,
-                BTreeMap::from([("t".to_string(), csv)]),
+                BTreeMap::from([("t".to_string(), csv.into())]),
                 BTreeMap::new(),
             )
             .unwrap(),

@@ -463,7 +463,7 @@ async fn three_banks_100k_keys_each() {
                     }
                 }
                 std::fs::write(&path, s).unwrap();
-                c.tables.insert("accounts".into(), path);
+                c.tables.insert("accounts".into(), path.into());
             })),
             ..Setup::default()
         },
@@ -521,37 +521,45 @@ async fn bad_data_is_a_clear_error_without_cell_values() {
     let banks = banks(2, 11);
     let good = "SELECT acct, sum(amount) AS amount, count(*) AS n FROM accounts GROUP BY acct";
     let cases = [
-        // (bank-b's SQL, what the error must name)
+        // (bank-b's SQL, what the error must name, whether only the data
+        // shows it, so that it fails after the debit; a wrong column or
+        // type shows in the planned schema and costs no budget)
         (
             "SELECT acct, -sum(amount) AS amount, count(*) AS n FROM accounts GROUP BY acct",
             "\"amount\"",
+            true,
         ),
         (
             "SELECT acct, CAST(NULL AS BIGINT) AS amount, count(*) AS n FROM accounts GROUP BY acct",
             "\"amount\"",
+            true,
         ),
         (
             "SELECT acct, sum(amount) AS amount, CAST(count(*) AS VARCHAR) AS n FROM accounts GROUP BY acct",
             "\"n\"",
+            false,
         ),
         (
             "SELECT CASE WHEN acct < 'M' THEN NULL ELSE acct END AS acct, sum(amount) AS amount, count(*) AS n FROM accounts GROUP BY acct",
             "\"acct\"",
+            true,
         ),
         (
             "SELECT CAST(length(acct) AS DOUBLE) AS acct, sum(amount) AS amount, count(*) AS n FROM accounts GROUP BY acct",
             "\"acct\"",
+            false,
         ),
         (
             "SELECT acct, sum(amount) AS amount FROM accounts GROUP BY acct",
             "\"n\"",
+            false,
         ),
         // A query the engine rejects: the class only, never its text.
-        ("SELECT nope FROM accounts", "query engine"),
+        ("SELECT nope FROM accounts", "query engine", false),
     ];
     let texts: Vec<String> = cases
         .iter()
-        .map(|(sql, _)| {
+        .map(|(sql, _, _)| {
             let t = analysis_text(2, 1, 1);
             let at = t.rfind(good).unwrap();
             format!("{}{sql}{}", &t[..at], &t[at + good.len()..])
@@ -564,7 +572,17 @@ async fn bad_data_is_a_clear_error_without_cell_values() {
         .iter()
         .map(|r| r.0.trim().to_string())
         .collect();
-    for ((_, names), text) in cases.iter().zip(&texts) {
+    let debits = || {
+        cluster
+            .store(1)
+            .audit_chain()
+            .unwrap()
+            .iter()
+            .filter(|r| r.json.contains("\"debit\""))
+            .count()
+    };
+    for ((_, names, costs), text) in cases.iter().zip(&texts) {
+        let before = debits();
         let err = cluster.run(text, "coordinator").await.unwrap_err();
         let shown = err.to_string();
         match &err {
@@ -576,6 +594,146 @@ async fn bad_data_is_a_clear_error_without_cell_values() {
             assert!(!shown.contains(c.as_str()), "{shown} quotes a cell");
         }
         assert!(cluster.results(1).is_empty(), "nothing released");
+        assert_eq!(debits() - before, usize::from(*costs), "{shown}: debits");
     }
     cluster.stop().await;
+}
+
+/// Runs `text` on a fresh two-bank cluster whose `accounts` tables are set
+/// by `table` (bank index, CSV path → table source) and returns the stored
+/// result as aggregate → value, with bank-a's audit record of the local step.
+async fn run_over(
+    banks: &[Bank],
+    text: &str,
+    table: impl Fn(usize, std::path::PathBuf) -> cleanroom_node::config::TableSource + 'static,
+) -> (std::collections::BTreeMap<String, i64>, serde_json::Value) {
+    let cluster = Cluster::start_with(
+        banks,
+        &[text],
+        Setup {
+            tweak: Some(Box::new(move |i, c| {
+                let cleanroom_node::config::TableSource::File(csv) = c.tables["accounts"].clone()
+                else {
+                    unreachable!("the cluster writes CSV files")
+                };
+                c.tables.insert("accounts".into(), table(i, csv));
+            })),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let report = cluster.run(text, "coordinator").await.unwrap();
+    let stored = cluster.store(1).result(&report.sid).unwrap();
+    let got = stored.rows[0]
+        .values
+        .iter()
+        .map(|v| (v.aggregate.clone(), v.value))
+        .collect();
+    let local_step = cluster
+        .store(0)
+        .audit_chain()
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str::<serde_json::Value>(&r.json).unwrap())
+        .find(|r| r["event"] == "local_step")
+        .unwrap();
+    cluster.stop().await;
+    (got, local_step)
+}
+
+/// Runs an async data-layer call to completion on a runtime of its own (the
+/// cluster's config hook is synchronous and runs inside the test's runtime).
+fn block<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    std::thread::spawn(move || tokio::runtime::Runtime::new().unwrap().block_on(f))
+        .join()
+        .unwrap()
+}
+
+/// The same analysis over CSV, Parquet, Arrow IPC and Delta tables releases
+/// the same numbers, equal to the plaintext join; a Delta table read at an
+/// older version after an append gives that version's numbers, and the
+/// local step's audit record names the version it read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_numbers_from_every_source() {
+    use cleanroom_node::config::{DeltaAt, TableSource};
+    use cleanroom_node::data::{TableFormat, convert_csv};
+
+    let banks = banks(2, 21);
+    let text = analysis_text(2, 1, 1);
+    let want = plaintext(&banks);
+    for format in [
+        TableFormat::Csv,
+        TableFormat::Parquet,
+        TableFormat::Arrow,
+        TableFormat::Delta,
+    ] {
+        let (got, _) = run_over(&banks, &text, move |_, csv| {
+            let out = block(async move { convert_csv(&csv, format).await.unwrap() });
+            match format {
+                TableFormat::Delta => TableSource::Delta {
+                    location: out.display().to_string(),
+                    at: DeltaAt::Latest,
+                },
+                _ => TableSource::File(out),
+            }
+        })
+        .await;
+        assert_eq!(got, want, "{format:?}");
+    }
+
+    // Delta time travel: each bank's table is written (version 0), then
+    // bank-a appends rows for accounts both banks hold (version 1).
+    let extra: Vec<(String, u64)> = banks[1].rows[..40]
+        .iter()
+        .map(|(a, _)| (a.clone(), 1_000))
+        .collect();
+    let mut appended = banks
+        .iter()
+        .map(|b| Bank {
+            rows: b.rows.clone(),
+        })
+        .collect::<Vec<_>>();
+    appended[0].rows.extend(extra.iter().cloned());
+    let want_v1 = plaintext(&appended);
+    assert_ne!(want_v1, want);
+    for (at, expect, version) in [
+        (DeltaAt::Version(0), &want, 0),
+        (DeltaAt::Latest, &want_v1, 1),
+    ] {
+        let extra = extra.clone();
+        let (got, local_step) = run_over(&banks, &text, move |i, csv| {
+            let (extra, at) = (extra.clone(), at.clone());
+            block(async move {
+                let dir = convert_csv(&csv, TableFormat::Delta).await.unwrap();
+                let location = dir.display().to_string();
+                if i == 0 {
+                    let more = dir.with_extension("extra.csv");
+                    let mut s = String::from("acct,amount\n");
+                    for (a, v) in &extra {
+                        s += &format!("{a},{v}\n");
+                    }
+                    std::fs::write(&more, s).unwrap();
+                    let ctx = datafusion::prelude::SessionContext::new();
+                    let batches = ctx
+                        .read_csv(more.display().to_string(), Default::default())
+                        .await
+                        .unwrap()
+                        .collect()
+                        .await
+                        .unwrap();
+                    let v = cleanroom_node::delta::write(&location, batches, true)
+                        .await
+                        .unwrap();
+                    assert_eq!(v, 1);
+                }
+                TableSource::Delta { location, at }
+            })
+        })
+        .await;
+        assert_eq!(&got, expect, "delta read at version {version}");
+        assert_eq!(
+            local_step["table_versions"]["accounts"], version,
+            "{local_step}"
+        );
+    }
 }

@@ -82,7 +82,10 @@ async fn budget_exhaustion_is_refused_before_any_data_is_read() {
     assert!(spent.iter().all(|s| s.epsilon_micro == 2_500_000));
     // The data is gone: a node that read it now would fail on the engine.
     for c in &cluster.configs {
-        std::fs::remove_file(&c.tables["accounts"]).unwrap();
+        match &c.tables["accounts"] {
+            cleanroom_node::config::TableSource::File(p) => std::fs::remove_file(p).unwrap(),
+            other => panic!("not a file: {other:?}"),
+        }
     }
     let (code, message) = setup_error(cluster.run(&text, "coordinator").await.unwrap_err());
     assert_eq!(code, Code::FailedPrecondition);
@@ -238,7 +241,7 @@ async fn catalog_is_metadata_only_and_follows_policy() {
             tweak: Some(Box::new(|_, c| {
                 let secret = c.state_dir.with_file_name(format!("{}-secret.csv", c.name));
                 std::fs::write(&secret, "acct,flag\nACC-9999,1\n").unwrap();
-                c.tables.insert("secret".into(), secret);
+                c.tables.insert("secret".into(), secret.into());
                 c.authorized_coordinators.push("coordinator-2".into());
                 c.policy.insert(
                     "coordinator".into(),

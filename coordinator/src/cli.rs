@@ -110,7 +110,7 @@ enum Command {
     },
     /// Synthetic two-bank fraud demo on loopback (the default command).
     Demo {
-        /// Instead of running, write the synthetic banks' CSV files into
+        /// Instead of running, write the synthetic banks' tables into
         /// DIR/bank-a and DIR/bank-b (for running nodes by hand).
         #[arg(long, value_name = "DIR")]
         write_data: Option<PathBuf>,
@@ -120,6 +120,10 @@ enum Command {
         /// With --write-data: planted mule accounts.
         #[arg(long, default_value_t = 24)]
         mules: usize,
+        /// With --write-data: the tables' format (csv, parquet, arrow, or
+        /// delta: a Delta Lake table per table, a directory).
+        #[arg(long, default_value = "csv")]
+        format: cleanroom_node::data::TableFormat,
     },
 }
 
@@ -130,6 +134,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         write_data: None,
         accounts: 2_000,
         mules: 24,
+        format: cleanroom_node::data::TableFormat::Csv,
     };
     match cli.command.unwrap_or(default) {
         Command::Run {
@@ -228,14 +233,18 @@ pub async fn run(cli: Cli) -> Result<()> {
             write_data: Some(dir),
             accounts,
             mules,
+            format,
         } => {
             let data = crate::demo::generate(2026, accounts, mules);
             crate::demo::write_csvs(&data, &dir.join("bank-a"), &dir.join("bank-b"))?;
-            println!(
-                "wrote {} and {}",
-                dir.join("bank-a").display(),
-                dir.join("bank-b").display()
-            );
+            for csv in [
+                "bank-a/transfers.csv",
+                "bank-b/deposits.csv",
+                "bank-b/withdrawals.csv",
+            ] {
+                let out = cleanroom_node::data::convert_csv(&dir.join(csv), format).await?;
+                println!("wrote {}", out.display());
+            }
         }
         Command::Demo {
             write_data: None, ..

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use cleanroom::protocol::Release;
 use cleanroom::session::os_rng;
 use cleanroom::share::IdentityKey;
-use cleanroom_node::config::TlsFiles;
+use cleanroom_node::config::{TableSource, TlsFiles};
 use cleanroom_node::tls::{TlsMaterial, write_dev_certs};
 use cleanroom_node::{NodeConfig, Store};
 use rand::{RngExt, SeedableRng};
@@ -262,7 +262,7 @@ pub fn loopback_node_config(
     dir: &Path,
     certs: &Path,
     name: &str,
-    tables: BTreeMap<String, std::path::PathBuf>,
+    tables: BTreeMap<String, TableSource>,
     peers: BTreeMap<String, String>,
 ) -> Result<NodeConfig> {
     let key = IdentityKey::random(&mut os_rng());
@@ -285,6 +285,7 @@ pub fn loopback_node_config(
         },
         tables,
         peers,
+        engine: Default::default(),
         policy: BTreeMap::new(),
     })
 }
@@ -306,7 +307,7 @@ pub async fn run_demo(progress: bool) -> Result<(Release, BTreeMap<String, i64>)
         dir,
         &certs,
         "bank-a",
-        BTreeMap::from([("transfers".into(), dir.join("bank-a/transfers.csv"))]),
+        BTreeMap::from([("transfers".into(), dir.join("bank-a/transfers.csv").into())]),
         BTreeMap::new(),
     )?;
     let mut b = loopback_node_config(
@@ -314,8 +315,11 @@ pub async fn run_demo(progress: bool) -> Result<(Release, BTreeMap<String, i64>)
         &certs,
         "bank-b",
         BTreeMap::from([
-            ("deposits".into(), dir.join("bank-b/deposits.csv")),
-            ("withdrawals".into(), dir.join("bank-b/withdrawals.csv")),
+            ("deposits".into(), dir.join("bank-b/deposits.csv").into()),
+            (
+                "withdrawals".into(),
+                dir.join("bank-b/withdrawals.csv").into(),
+            ),
         ]),
         BTreeMap::new(),
     )?;

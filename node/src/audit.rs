@@ -72,6 +72,11 @@ pub struct Record {
     /// step; another party's list at a re-blind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub list_rows: Option<u64>,
+    /// Every configured Delta table, table → the version the step pinned
+    /// (the local step opens all configured tables), so a result can be
+    /// reproduced with a time-travel read.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub table_versions: std::collections::BTreeMap<String, u64>,
     /// Aggregates released (names only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aggregates: Vec<String>,
@@ -96,6 +101,7 @@ impl Record {
             analysis: None,
             coordinator: None,
             list_rows: None,
+            table_versions: Default::default(),
             aggregates: Vec::new(),
             epsilon: None,
             delta: None,

@@ -306,13 +306,16 @@ async fn check(cfg: &NodeConfig, analysis: &Path) -> Result<String> {
     if a.party_index(&cfg.name).is_none() {
         bail!("this node ({}) is not a party of the analysis", cfg.name);
     }
-    let ctx = data::load_tables(&cfg.tables).await?;
-    let rows = data::local_rows(&ctx, &a, &cfg.name)
+    let engine = crate::engine::Engine::from_config(&cfg.engine)?;
+    let tables = engine.open(&cfg.tables).await?;
+    let versions = tables.versions.clone();
+    let rows = data::local_rows(tables, &a, &cfg.name)
         .await
         .with_context(|| format!("query of {} in analysis {}", cfg.name, a.name))?;
     Ok(format!(
-        "ok: the query of {} returns {} keys with features {:?}{}\n",
+        "ok: the query of {} on {} returns {} keys with features {:?}{}\n",
         cfg.name,
+        engine.describe(),
         rows.len(),
         a.features(&cfg.name),
         a.grouping
@@ -320,7 +323,10 @@ async fn check(cfg: &NodeConfig, analysis: &Path) -> Result<String> {
             .filter(|g| g.party == cfg.name)
             .map(|g| format!(", grouped by column {:?}", g.column))
             .unwrap_or_default()
-    ))
+    ) + &versions
+        .iter()
+        .map(|(t, v)| format!("read delta table {t} at version {v}\n"))
+        .collect::<String>())
 }
 
 /// Runs the CLI with the given arguments.

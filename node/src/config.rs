@@ -16,12 +16,21 @@
 //! ca = "certs/ca.pem"
 //! [tables]
 //! transfers = "data/bank-a/transfers.csv"   # .csv, .parquet, .arrow / .ipc / .feather
+//! accounts = { delta = "data/bank-a/accounts" }            # Delta Lake, latest version
+//! history = { delta = "s3://bank/history", version = 42 }  # or timestamp = "RFC 3339"
+//! [engine]                # optional: where the local query runs
+//! kind = "datafusion"     # default: embedded; or "spark-connect" (see below)
 //! [peers]                 # pinned identity public keys: hex, or a file holding it
 //! bank-b = "keys/bank-b.pub"
 //! [policy.coordinator]    # optional, per authorized coordinator (see `policy`)
 //! epsilon_budget = 10.0
 //! min_matched_floor = 10
 //! ```
+//!
+//! With `kind = "spark-connect"` the party's SQL runs on the bank's Spark
+//! cluster: `remote = "sc://host:15002/;use_ssl=true;token=…"` (Spark
+//! Connect's connection string), or no `remote` and the string in the
+//! environment variable `SPARK_REMOTE`, which keeps a token out of the file.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,6 +42,130 @@ use serde::Deserialize;
 
 use crate::NodeError;
 use crate::policy::Policy;
+
+/// Where a table's rows come from (a `[tables]` entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableSource {
+    /// A file: `.csv`, `.parquet`, `.arrow` / `.ipc` / `.feather`.
+    File(PathBuf),
+    /// A Delta Lake table: a local path or an object-store URL (`s3://`,
+    /// `az://`, `abfss://`, `gs://`), read as of a version or timestamp, or
+    /// its latest version at each run.
+    Delta {
+        /// Path or URL of the table's root.
+        location: String,
+        /// Which version to read.
+        at: DeltaAt,
+    },
+}
+
+/// The version of a Delta table a run reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeltaAt {
+    /// The latest version when the run's local step starts.
+    Latest,
+    /// This version.
+    Version(u64),
+    /// The version current at this RFC 3339 timestamp.
+    Timestamp(String),
+}
+
+impl<'de> Deserialize<'de> for TableSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Delta {
+            delta: String,
+            version: Option<i64>,
+            timestamp: Option<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Entry {
+            File(PathBuf),
+            Delta(Delta),
+        }
+        let entry = Entry::deserialize(d).map_err(|_| {
+            D::Error::custom(
+                "a table is a file path or { delta = \"path or URL\" } with an optional \
+                 version = N or timestamp = \"RFC 3339\"",
+            )
+        })?;
+        Ok(match entry {
+            Entry::File(p) => TableSource::File(p),
+            Entry::Delta(t) => TableSource::Delta {
+                at: match (t.version, t.timestamp) {
+                    (None, None) => DeltaAt::Latest,
+                    (Some(v), None) if v >= 0 => DeltaAt::Version(v as u64),
+                    (Some(v), None) => {
+                        return Err(D::Error::custom(format!(
+                            "delta version must be 0 or more, not {v}"
+                        )));
+                    }
+                    (None, Some(ts)) => {
+                        timestamp_micros(&ts).map_err(D::Error::custom)?;
+                        DeltaAt::Timestamp(ts)
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(D::Error::custom(
+                            "give a delta table a version or a timestamp, not both",
+                        ));
+                    }
+                },
+                location: t.delta,
+            },
+        })
+    }
+}
+
+/// Microseconds since the Unix epoch of an RFC 3339 timestamp (a Delta
+/// table's `timestamp = "…"`), checked when the config loads.
+pub fn timestamp_micros(ts: &str) -> Result<i64, String> {
+    let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| format!("{ts:?} is not an RFC 3339 timestamp (e.g. 2026-11-01T00:00:00Z)"))?;
+    i64::try_from(t.unix_timestamp_nanos() / 1000).map_err(|_| format!("{ts:?} is out of range"))
+}
+
+impl From<PathBuf> for TableSource {
+    fn from(p: PathBuf) -> Self {
+        TableSource::File(p)
+    }
+}
+
+/// Which engine runs the party's local query (`[engine]`). Its Debug
+/// output leaves out `remote`, which may hold a token.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// The engine.
+    #[serde(default)]
+    pub kind: EngineKind,
+    /// Spark Connect connection string (`sc://host:port/;param=value…`);
+    /// only with `kind = "spark-connect"`, which otherwise reads
+    /// `SPARK_REMOTE`.
+    pub remote: Option<String>,
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("kind", &self.kind)
+            .field("remote", &self.remote.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// A local query engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EngineKind {
+    /// DataFusion, embedded in the node (the default).
+    #[default]
+    Datafusion,
+    /// The bank's Spark cluster over Spark Connect.
+    SparkConnect,
+}
 
 /// TLS files of the node (PEM).
 #[derive(Debug, Clone, Deserialize)]
@@ -63,9 +196,12 @@ pub struct NodeConfig {
     pub authorized_coordinators: Vec<String>,
     /// TLS files.
     pub tls: TlsFiles,
-    /// Table name → data file.
+    /// Table name → where its rows are (a file or a Delta table).
     #[serde(default)]
-    pub tables: BTreeMap<String, PathBuf>,
+    pub tables: BTreeMap<String, TableSource>,
+    /// Where the local query runs (default: embedded DataFusion).
+    #[serde(default)]
+    pub engine: EngineConfig,
     /// Seconds without any message of a session (received or sent) after
     /// which it expires unfinished and its secrets are dropped (default
     /// 3600).
@@ -134,7 +270,23 @@ impl NodeConfig {
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
         fix(&mut self.tls.ca);
-        self.tables.values_mut().for_each(fix);
+        // A URL (s3://, abfss://, dbfs:/, file://, …) stays as it is: the
+        // engine reads it (Spark as the cluster sees it); a path is resolved
+        // like any other.
+        for t in self.tables.values_mut() {
+            match t {
+                TableSource::File(p) => {
+                    if !p.to_str().is_some_and(has_scheme) {
+                        fix(p)
+                    }
+                }
+                TableSource::Delta { location, .. } => {
+                    if !has_scheme(location) && Path::new(location.as_str()).is_relative() {
+                        *location = base.join(location.as_str()).display().to_string();
+                    }
+                }
+            }
+        }
         for v in self.peers.values_mut() {
             let is_hex = v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit());
             if !is_hex && Path::new(v.as_str()).is_relative() {
@@ -178,6 +330,26 @@ impl NodeConfig {
                 )));
             }
         }
+        // Table names become SQL identifiers (DataFusion would read `a.b`
+        // as table b of schema a).
+        for name in self.tables.keys() {
+            let mut chars = name.chars();
+            let ok = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(NodeError::Config(format!(
+                    "tables.{name}: a table name is letters, digits and _, not starting with a digit"
+                )));
+            }
+        }
+        if self.engine.kind == EngineKind::Datafusion && self.engine.remote.is_some() {
+            return Err(NodeError::Config(
+                "engine.remote is for kind = \"spark-connect\"".into(),
+            ));
+        }
+        crate::engine::Engine::from_config(&self.engine)?;
         self.peer_keys()?;
         Ok(())
     }
@@ -217,5 +389,89 @@ impl NodeConfig {
                 self.identity_key.display()
             ))
         })
+    }
+}
+
+/// Whether a table location starts with a URL scheme (`s3:`, `dbfs:`, …;
+/// two characters at least, so a Windows drive letter is a path).
+fn has_scheme(location: &str) -> bool {
+    location.split_once(':').is_some_and(|(scheme, _)| {
+        scheme.len() >= 2
+            && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<NodeConfig, NodeError> {
+        let text = format!(
+            "name = \"bank-a\"\nlisten = \"127.0.0.1:0\"\nstate_dir = \"s\"\nidentity_key = \"k\"\n\
+             authorized_coordinators = [\"coordinator\"]\n\
+             [tls]\ncert = \"c\"\nkey = \"k\"\nca = \"ca\"\n{extra}"
+        );
+        NodeConfig::parse(&text, Path::new("/base"))
+    }
+
+    #[test]
+    fn tables_engines_and_their_errors() {
+        let c = parse(
+            "[tables]\nt = \"t.csv\"\nd = { delta = \"lake/d\", timestamp = \"2026-11-01T00:00:00Z\" }\n\
+             s = { delta = \"s3://b/t\", version = 3 }\nf = \"dbfs:/mnt/x.parquet\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.tables["t"], TableSource::File("/base/t.csv".into()));
+        // URLs are the engine's to read, not paths under the config's dir.
+        assert_eq!(
+            c.tables["f"],
+            TableSource::File("dbfs:/mnt/x.parquet".into())
+        );
+        assert!(has_scheme("abfss://c@a.dfs.core.windows.net/t"));
+        assert!(!has_scheme("C:\\data\\t.csv") && !has_scheme("t.csv"));
+        assert_eq!(
+            c.tables["d"],
+            TableSource::Delta {
+                location: "/base/lake/d".into(),
+                at: DeltaAt::Timestamp("2026-11-01T00:00:00Z".into())
+            }
+        );
+        assert_eq!(
+            c.tables["s"],
+            TableSource::Delta {
+                location: "s3://b/t".into(),
+                at: DeltaAt::Version(3)
+            }
+        );
+        assert_eq!(c.engine.kind, EngineKind::Datafusion);
+        for (extra, names) in [
+            ("[tables]\n\"a.b\" = \"t.csv\"\n", "letters, digits and _"),
+            (
+                "[tables]\nd = { delta = \"d\", timestamp = \"yesterday\" }\n",
+                "RFC 3339",
+            ),
+            (
+                "[tables]\nd = { delta = \"d\", version = -1 }\n",
+                "0 or more",
+            ),
+            ("[engine]\nremote = \"sc://h:1\"\n", "spark-connect"),
+            (
+                "[engine]\nkind = \"spark-connect\"\nremote = \"http://h/;token=SECRET\"\n",
+                "not a Spark Connect connection string",
+            ),
+        ] {
+            let e = parse(extra).unwrap_err().to_string();
+            assert!(e.contains(names), "{extra}: {e}");
+            assert!(!e.contains("SECRET"), "{e}");
+        }
+        let c = parse(
+            "[engine]\nkind = \"spark-connect\"\nremote = \"sc://h:1/;use_ssl=true;token=SECRET\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.engine.kind, EngineKind::SparkConnect);
+        assert!(!format!("{c:?}").contains("SECRET"), "Debug shows no token");
     }
 }

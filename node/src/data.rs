@@ -3,7 +3,7 @@
 //! rows (canonical keys and `u64` features).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use cleanroom::Analysis;
 use cleanroom::analysis::Grouping;
@@ -15,22 +15,52 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, UInt64Array,
 };
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
-use datafusion::arrow::datatypes::{DataType, Int64Type, UInt64Type};
+use datafusion::arrow::datatypes::{DataType, Int64Type, Schema, UInt64Type};
 use datafusion::datasource::file_format::options::ArrowReadOptions;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
 use thiserror::Error;
+
+use crate::config::TableSource;
 use tokio_stream::{Stream, StreamExt};
 
 /// Errors from the data layer. Messages name tables and columns, never
 /// values — except [`DataError::Engine`], whose text comes from the query
-/// engine and may quote the bank's data: the node never sends it to another
-/// party (see [`DataError::for_peer`]) nor logs it; the operator sees it
-/// with `cleanroom-node check`.
+/// engine and may quote the bank's data, and [`DataError::Table`],
+/// [`DataError::UnknownFormat`] and [`DataError::Unreachable`], which name
+/// paths and addresses inside the bank. The node never sends those texts to
+/// another party (see [`DataError::for_peer`]); they stay with the node's
+/// operator (its log and `cleanroom-node check`).
 #[derive(Debug, Error)]
 pub enum DataError {
-    /// DataFusion failed (bad SQL, unreadable file, …).
-    #[error("local query engine: {0}")]
-    Engine(String),
+    /// The query engine failed (bad SQL, unreadable file, a Spark error, …).
+    #[error("local query engine {engine}: {message}")]
+    Engine {
+        /// The engine (`DataFusion`, `Spark Connect`).
+        engine: &'static str,
+        /// Its message.
+        message: String,
+    },
+    /// The query engine could not be reached (Spark Connect).
+    #[error("local query engine {engine} at {address} is unreachable: {message}")]
+    Unreachable {
+        /// The engine.
+        engine: &'static str,
+        /// Its `host:port`: named to the node's operator only (see
+        /// [`DataError::for_peer`]).
+        address: String,
+        /// The cause.
+        message: String,
+    },
+    /// A table could not be opened (a Delta table's log or files). The
+    /// message may name paths or URLs inside the bank: the node sends only
+    /// the table's name to other parties (see [`DataError::for_peer`]).
+    #[error("table {table:?}: {message}")]
+    Table {
+        /// Table name.
+        table: String,
+        /// The cause.
+        message: String,
+    },
     /// A table file has an extension we cannot read.
     #[error(
         "table {table:?}: unsupported file type {path:?} (use .csv, .parquet, .arrow, .ipc or .feather)"
@@ -109,9 +139,21 @@ impl DataError {
     /// and columns.
     pub fn for_peer(&self) -> String {
         match self {
-            DataError::Engine(_) => "the local query failed in the query engine (the node's \
-                                     operator can see why with `cleanroom-node check`)"
-                .to_string(),
+            DataError::Engine { engine, .. } => format!(
+                "the local query failed in the query engine ({engine}; the node's operator can \
+                 see why with `cleanroom-node check`)"
+            ),
+            DataError::Unreachable { engine, .. } => format!(
+                "the node's query engine ({engine}) is unreachable (the node's operator can see \
+                 where with `cleanroom-node check`)"
+            ),
+            // Not even the table's name: a coordinator's catalog policy may
+            // hide it.
+            DataError::Table { .. } | DataError::UnknownFormat { .. } => {
+                "a configured table could not be opened (the node's operator can see which \
+                 and why with `cleanroom-node check`)"
+                    .to_string()
+            }
             other => other.to_string(),
         }
     }
@@ -119,14 +161,47 @@ impl DataError {
 
 impl From<datafusion::error::DataFusionError> for DataError {
     fn from(e: datafusion::error::DataFusionError) -> Self {
-        DataError::Engine(e.to_string())
+        DataError::datafusion(e)
     }
 }
 
-/// Registers every configured table in a fresh DataFusion context.
-pub async fn load_tables(tables: &BTreeMap<String, PathBuf>) -> Result<SessionContext, DataError> {
+impl DataError {
+    /// An error of the embedded engine.
+    pub fn datafusion(e: impl std::fmt::Display) -> Self {
+        DataError::Engine {
+            engine: crate::engine::DATAFUSION,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The version of every Delta table a context reads (table → version):
+/// recorded with each run, so its result can be reproduced.
+pub type TableVersions = BTreeMap<String, u64>;
+
+/// Registers every configured table in a fresh DataFusion context; a Delta
+/// table is read at its configured version or timestamp, else at its latest
+/// version now. Returns the context and the Delta versions it reads.
+pub async fn load_tables(
+    tables: &BTreeMap<String, TableSource>,
+) -> Result<(SessionContext, TableVersions), DataError> {
     let ctx = SessionContext::new();
-    for (name, path) in tables {
+    let mut versions = TableVersions::new();
+    for (name, source) in tables {
+        match source {
+            TableSource::File(path) => register_file(&ctx, name, path).await?,
+            TableSource::Delta { location, at } => {
+                let v = crate::delta::register(&ctx, name, location, at).await?;
+                versions.insert(name.clone(), v);
+            }
+        }
+    }
+    Ok((ctx, versions))
+}
+
+/// Registers a CSV, Parquet or Arrow IPC file as table `name`.
+async fn register_file(ctx: &SessionContext, name: &str, path: &Path) -> Result<(), DataError> {
+    {
         let p = path.to_string_lossy();
         let ext = path
             .extension()
@@ -152,13 +227,98 @@ pub async fn load_tables(tables: &BTreeMap<String, PathBuf>) -> Result<SessionCo
             }
             _ => {
                 return Err(DataError::UnknownFormat {
-                    table: name.clone(),
-                    path: path.clone(),
+                    table: name.to_string(),
+                    path: path.to_path_buf(),
                 });
             }
         }
     }
-    Ok(ctx)
+    Ok(())
+}
+
+/// A format a table can be written in (demo data, tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableFormat {
+    /// CSV with a header row.
+    Csv,
+    /// Apache Parquet.
+    Parquet,
+    /// Arrow IPC file (`.arrow`).
+    Arrow,
+    /// A Delta Lake table (a directory).
+    Delta,
+}
+
+impl std::str::FromStr for TableFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "csv" => Ok(TableFormat::Csv),
+            "parquet" => Ok(TableFormat::Parquet),
+            "arrow" => Ok(TableFormat::Arrow),
+            "delta" => Ok(TableFormat::Delta),
+            _ => Err(format!(
+                "unknown format {s:?} (csv, parquet, arrow or delta)"
+            )),
+        }
+    }
+}
+
+/// Rewrites the CSV file `csv` in `format` beside it (`NAME.parquet`,
+/// `NAME.arrow`, or a Delta table in directory `NAME`), removes the CSV,
+/// and returns the new table's path. `Csv` leaves the file as it is.
+pub async fn convert_csv(csv: &Path, format: TableFormat) -> Result<PathBuf, DataError> {
+    let out = match format {
+        TableFormat::Csv => return Ok(csv.to_path_buf()),
+        TableFormat::Parquet => csv.with_extension("parquet"),
+        TableFormat::Arrow => csv.with_extension("arrow"),
+        TableFormat::Delta => csv.with_extension(""),
+    };
+    let ctx = SessionContext::new();
+    let batches = ctx
+        .read_csv(csv.to_string_lossy().as_ref(), CsvReadOptions::new())
+        .await?
+        .collect()
+        .await?;
+    let io = |e: std::io::Error| DataError::Table {
+        table: out.display().to_string(),
+        message: e.to_string(),
+    };
+    let engine = |e: datafusion::arrow::error::ArrowError| DataError::datafusion(e);
+    let schema = || {
+        batches
+            .first()
+            .map(|b| b.schema())
+            .ok_or_else(|| DataError::datafusion(format!("{} is empty", csv.display())))
+    };
+    match format {
+        TableFormat::Arrow => {
+            let file = std::fs::File::create(&out).map_err(io)?;
+            let mut w =
+                datafusion::arrow::ipc::writer::FileWriter::try_new(file, schema()?.as_ref())
+                    .map_err(engine)?;
+            for b in &batches {
+                w.write(b).map_err(engine)?;
+            }
+            w.finish().map_err(engine)?;
+        }
+        TableFormat::Parquet => {
+            let schema = schema()?;
+            let file = std::fs::File::create(&out).map_err(io)?;
+            let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(file, schema, None)
+                .map_err(DataError::datafusion)?;
+            for b in &batches {
+                w.write(b).map_err(DataError::datafusion)?;
+            }
+            w.close().map_err(DataError::datafusion)?;
+        }
+        TableFormat::Delta => {
+            crate::delta::write(&out.display().to_string(), batches, false).await?;
+        }
+        TableFormat::Csv => {}
+    }
+    std::fs::remove_file(csv).map_err(io)?;
+    Ok(out)
 }
 
 /// One table of the catalog.
@@ -209,39 +369,62 @@ pub async fn catalog(ctx: &SessionContext, tables: &[String]) -> Result<Vec<Tabl
 /// A stream of the local query's output as protocol row batches.
 pub type RowBatches = Pin<Box<dyn Stream<Item = Result<RowBatch, DataError>> + Send>>;
 
-/// Runs `party`'s query of the analysis and streams its output, one
-/// [`RowBatch`] per record batch as the engine produces them: the first
-/// `key.len()` columns are the key parts, the features named by the
-/// analysis are looked up by column name (and the group column, for the
-/// grouping party).
-pub async fn local_batches(
-    ctx: &SessionContext,
-    analysis: &Analysis,
-    party: &str,
-) -> Result<RowBatches, DataError> {
-    let sql = &analysis
+/// A stream of an engine's output, as Arrow record batches.
+pub type RecordBatches = Pin<Box<dyn Stream<Item = Result<RecordBatch, DataError>> + Send>>;
+
+/// `party`'s SQL in the analysis.
+pub fn party_sql(analysis: &Analysis, party: &str) -> Result<String, DataError> {
+    analysis
         .parties
         .iter()
         .find(|p| p.name == party)
-        .ok_or_else(|| DataError::Engine(format!("party {party} not in analysis")))?
-        .sql;
-    let stream = ctx.sql(sql).await?.execute_stream().await?;
+        .map(|p| p.sql.clone())
+        .ok_or_else(|| DataError::datafusion(format!("party {party} not in analysis")))
+}
+
+/// Plans a query on DataFusion without running it. Only a query plans:
+/// DDL (`CREATE`, `DROP`), DML (`INSERT`, `COPY … TO`) and statements
+/// (`SET`, transactions) are refused, so the party's SQL can never change
+/// the node's tables or files.
+pub async fn datafusion_plan(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Result<datafusion::dataframe::DataFrame, DataError> {
+    let options = datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    Ok(ctx.sql_with_options(sql, options).await?)
+}
+
+/// Runs a planned query and streams its record batches.
+pub async fn datafusion_batches(
+    df: datafusion::dataframe::DataFrame,
+) -> Result<RecordBatches, DataError> {
+    let stream = df.execute_stream().await?;
+    Ok(Box::pin(stream.map(|b| b.map_err(DataError::from))))
+}
+
+/// Turns an engine's output for `party`'s query into protocol row batches,
+/// one per record batch as the engine produces them: the first `key.len()`
+/// columns are the key parts, the features named by the analysis are
+/// looked up by column name (and the group column, for the grouping
+/// party). Every engine's output goes through these same checks.
+pub fn rows_of(batches: RecordBatches, analysis: &Analysis, party: &str) -> RowBatches {
     let key = analysis.key.clone();
     let features = analysis.features(party);
     let grouping = analysis.grouping.clone().filter(|g| g.party == party);
-    Ok(Box::pin(stream.map(move |b| {
-        batch_rows(&b?, &key, &features, grouping.as_ref())
-    })))
+    Box::pin(batches.map(move |b| batch_rows(&b?, &key, &features, grouping.as_ref())))
 }
 
 /// The whole output of `party`'s query as rows (for checks and tests; the
-/// node streams it with [`local_batches`]).
+/// node streams it with [`crate::engine::Planned::run`]).
 pub async fn local_rows(
-    ctx: &SessionContext,
+    tables: crate::engine::Tables,
     analysis: &Analysis,
     party: &str,
 ) -> Result<Vec<Row>, DataError> {
-    let mut batches = local_batches(ctx, analysis, party).await?;
+    let mut batches = tables.plan(analysis, party).await?.run().await?;
     let mut rows = Vec::new();
     while let Some(b) = batches.next().await {
         let b = b?;
@@ -279,9 +462,9 @@ fn group_indices(b: &RecordBatch, grouping: &Grouping) -> Result<Vec<u32>, DataE
         return Err(unknown());
     }
     let labels = match col.data_type() {
-        t if t.is_integer() => strict_cast(col, &DataType::Int64)?,
+        t if t.is_integer() => strict_cast(col, &DataType::Int64).map_err(|_| unknown())?,
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-            strict_cast(col, &DataType::Utf8)?
+            strict_cast(col, &DataType::Utf8).map_err(|_| unknown())?
         }
         _ => return Err(unknown()),
     };
@@ -296,6 +479,73 @@ fn group_indices(b: &RecordBatch, grouping: &Grouping) -> Result<Vec<u32>, DataE
         .collect()
 }
 
+/// Checks the columns of `party`'s query output before any row is read
+/// (the node runs it on the planned query's schema, before the budget is
+/// debited): enough columns for the key, key columns of the key's types,
+/// every feature present (after the key columns) and of an integer type,
+/// and the group column present for the grouping party. The same checks
+/// run again on every batch ([`rows_of`]).
+pub fn check_schema(schema: &Schema, analysis: &Analysis, party: &str) -> Result<(), DataError> {
+    feature_columns(schema, &analysis.key, &analysis.features(party))?;
+    if let Some(g) = analysis.grouping.as_ref().filter(|g| g.party == party)
+        && schema.index_of(&g.column).is_err()
+    {
+        return Err(DataError::MissingGroupColumn {
+            column: g.column.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The schema checks of [`check_schema`] for the key and features; returns
+/// the index of every feature's column.
+fn feature_columns(
+    schema: &Schema,
+    key: &[KeyType],
+    features: &[String],
+) -> Result<Vec<usize>, DataError> {
+    let fields = schema.fields();
+    if fields.len() < key.len() {
+        return Err(DataError::TooFewColumns {
+            got: fields.len(),
+            key_parts: key.len(),
+        });
+    }
+    for (f, t) in fields.iter().zip(key) {
+        let ok = match t {
+            KeyType::String => matches!(
+                f.data_type(),
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            ),
+            KeyType::Integer => f.data_type().is_integer(),
+        };
+        if !ok {
+            return Err(DataError::KeyType {
+                column: f.name().clone(),
+                expected: *t,
+                found: f.data_type().to_string(),
+            });
+        }
+    }
+    features
+        .iter()
+        .map(|name| {
+            let idx = (key.len()..fields.len())
+                .find(|&i| fields[i].name() == name)
+                .ok_or_else(|| DataError::MissingFeature {
+                    column: name.clone(),
+                })?;
+            if !fields[idx].data_type().is_integer() {
+                return Err(DataError::FeatureType {
+                    column: name.clone(),
+                    found: fields[idx].data_type().to_string(),
+                });
+            }
+            Ok(idx)
+        })
+        .collect()
+}
+
 fn batch_rows(
     b: &RecordBatch,
     key: &[KeyType],
@@ -303,32 +553,13 @@ fn batch_rows(
     grouping: Option<&Grouping>,
 ) -> Result<RowBatch, DataError> {
     let schema = b.schema();
-    if b.num_columns() < key.len() {
-        return Err(DataError::TooFewColumns {
-            got: b.num_columns(),
-            key_parts: key.len(),
-        });
-    }
+    let feature_idx = feature_columns(&schema, key, features)?;
     let mut key_cols = Vec::new();
     for (i, t) in key.iter().enumerate() {
         let name = schema.field(i).name().clone();
         let col = b.column(i);
         if col.null_count() > 0 {
             return Err(DataError::NullKey { column: name });
-        }
-        let ok = match t {
-            KeyType::String => matches!(
-                col.data_type(),
-                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-            ),
-            KeyType::Integer => col.data_type().is_integer(),
-        };
-        if !ok {
-            return Err(DataError::KeyType {
-                column: name,
-                expected: *t,
-                found: col.data_type().to_string(),
-            });
         }
         let target = match t {
             KeyType::String => DataType::Utf8,
@@ -341,17 +572,8 @@ fn batch_rows(
         })?);
     }
     let mut feat_cols = Vec::new();
-    for f in features {
-        let idx = (key.len()..b.num_columns())
-            .find(|&i| schema.field(i).name() == f)
-            .ok_or_else(|| DataError::MissingFeature { column: f.clone() })?;
+    for (f, &idx) in features.iter().zip(&feature_idx) {
         let col = b.column(idx);
-        if !col.data_type().is_integer() {
-            return Err(DataError::FeatureType {
-                column: f.clone(),
-                found: col.data_type().to_string(),
-            });
-        }
         if col.null_count() > 0 {
             return Err(DataError::BadFeatureValue { column: f.clone() });
         }
@@ -392,12 +614,16 @@ fn batch_rows(
     Ok(out)
 }
 
-fn strict_cast(col: &ArrayRef, to: &DataType) -> Result<ArrayRef, DataError> {
+/// A cast that fails instead of producing nulls (callers name the column).
+fn strict_cast(
+    col: &ArrayRef,
+    to: &DataType,
+) -> Result<ArrayRef, datafusion::arrow::error::ArrowError> {
     let opts = CastOptions {
         safe: false,
         ..Default::default()
     };
-    cast_with_options(col, to, &opts).map_err(|e| DataError::Engine(e.to_string()))
+    cast_with_options(col, to, &opts)
 }
 
 #[cfg(test)]
@@ -452,7 +678,7 @@ mod format_tests {
         .unwrap()
     }
 
-    async fn ctx(dir: &std::path::Path) -> SessionContext {
+    async fn ctx(dir: &std::path::Path) -> BTreeMap<String, TableSource> {
         let b = batch();
         let pq = dir.join("t.parquet");
         let mut w =
@@ -463,12 +689,15 @@ mod format_tests {
         let mut w = FileWriter::try_new(std::fs::File::create(&ipc).unwrap(), &b.schema()).unwrap();
         w.write(&b).unwrap();
         w.finish().unwrap();
-        load_tables(&BTreeMap::from([
-            ("p".to_string(), pq),
-            ("i".to_string(), ipc),
-        ]))
-        .await
-        .unwrap()
+        BTreeMap::from([("p".to_string(), pq.into()), ("i".to_string(), ipc.into())])
+    }
+
+    async fn rows(
+        tables: &BTreeMap<String, TableSource>,
+        a: &Analysis,
+    ) -> Result<Vec<Row>, DataError> {
+        let t = crate::engine::Engine::DataFusion.open(tables).await?;
+        local_rows(t, a, "a").await
     }
 
     #[tokio::test]
@@ -479,7 +708,7 @@ mod format_tests {
             let a = analysis(&format!(
                 "SELECT acct, day, sum(amount) AS amount FROM {table} GROUP BY acct, day ORDER BY acct"
             ));
-            let rows = local_rows(&ctx, &a, "a").await.unwrap();
+            let rows = rows(&ctx, &a).await.unwrap();
             let want = vec![
                 Row::new(encode_key(&[KeyPart::Str("x"), KeyPart::Int(1)]), vec![14]),
                 Row::new(encode_key(&[KeyPart::Str("y"), KeyPart::Int(1)]), vec![7]),
@@ -495,7 +724,7 @@ mod format_tests {
         let run = |sql: &str| {
             let a = analysis(sql);
             let ctx = ctx.clone();
-            async move { local_rows(&ctx, &a, "a").await.unwrap_err() }
+            async move { rows(&ctx, &a).await.unwrap_err() }
         };
         let e = run("SELECT day, acct, amount FROM p").await;
         assert!(
@@ -522,7 +751,36 @@ mod format_tests {
             matches!(e, DataError::FeatureType { ref column, .. } if column == "amount"),
             "{e}"
         );
+        // Only a query runs: no DDL, DML or statement.
+        for sql in [
+            "CREATE TABLE x AS SELECT 1",
+            "COPY p TO '/tmp/cleanroom-copy.csv'",
+            "INSERT INTO p VALUES ('z', 1, 1, 1)",
+            "SET datafusion.execution.batch_size = 1",
+        ] {
+            let e = run(sql).await;
+            assert!(
+                matches!(
+                    e,
+                    DataError::Engine {
+                        engine: "DataFusion",
+                        ..
+                    }
+                ),
+                "{sql}: {e}"
+            );
+        }
+        assert!(!std::path::Path::new("/tmp/cleanroom-copy.csv").exists());
         let e = run("SELECT acct, day, amount FROM nosuchtable").await;
-        assert!(matches!(e, DataError::Engine(_)), "{e}");
+        assert!(
+            matches!(
+                e,
+                DataError::Engine {
+                    engine: "DataFusion",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

@@ -22,7 +22,6 @@ use cleanroom::{Analysis, AnalysisHash, SessionId};
 use cleanroom_proto::CHUNK_POINTS;
 use cleanroom_proto::v1::node_server::Node;
 use cleanroom_proto::v1::*;
-use datafusion::prelude::SessionContext;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -30,6 +29,7 @@ use tracing::{error, info, warn};
 
 use crate::audit::{Event, Record};
 use crate::clock::Clock;
+use crate::engine::Engine;
 use crate::{NodeConfig, NodeError, Store, data, tls};
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -172,10 +172,11 @@ impl std::ops::Deref for NodeService {
 pub struct NodeState {
     config: NodeConfig,
     store: Arc<Store>,
-    ctx: SessionContext,
     identity: IdentityKey,
     peers: PeerKeys,
     sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
+    /// The engine that runs the local query.
+    engine: Engine,
     clock: Arc<dyn Clock>,
     /// Set when the node starts shutting down: no session opens or steps
     /// after it.
@@ -284,7 +285,23 @@ impl NodeService {
 impl NodeState {
     async fn load(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Self, NodeError> {
         let store = Arc::new(Store::open(&config.state_dir, clock.clone())?);
-        let ctx = data::load_tables(&config.tables).await?;
+        // Every table must open now (a missing file stops the node); each
+        // run opens them afresh, so it reads a Delta table's latest version.
+        // A Spark cluster that does not answer yet (stopped, starting) is
+        // only a warning: each setup checks it again.
+        let engine = Engine::from_config(&config.engine)?;
+        info!(engine = %engine.describe(), "local query engine");
+        match engine.open(&config.tables).await {
+            Ok(t) => {
+                for (table, version) in &t.versions {
+                    info!(table, version, "delta table");
+                }
+            }
+            Err(e @ data::DataError::Unreachable { .. }) => {
+                warn!("{e}; setups are refused until it answers");
+            }
+            Err(e) => return Err(e.into()),
+        }
         let identity = config.identity()?;
         let peers = config.peer_keys()?;
         for c in &config.authorized_coordinators {
@@ -299,10 +316,10 @@ impl NodeState {
         Ok(NodeState {
             config,
             store,
-            ctx,
             identity,
             peers,
             sessions: Mutex::new(HashMap::new()),
+            engine,
             closing: AtomicBool::new(false),
             clock,
         })
@@ -425,7 +442,7 @@ impl NodeState {
     /// Checks everything a setup needs, in order, before any state changes:
     /// the text and its hash, the approval (not revoked, not expired), party
     /// membership, the policy and the budget; then claims the sid.
-    fn setup_session(
+    async fn setup_session(
         &self,
         who: &str,
         sid: SessionId,
@@ -469,6 +486,15 @@ impl NodeState {
         if self.store.session_used(&sid)? {
             return Err(NodeError::SessionReused(sid.to_hex()));
         }
+        // An engine that does not answer fails the setup, before any budget
+        // is spent. It is asked only now, for an analysis this node would
+        // run, so a coordinator learns nothing of the bank's cluster from
+        // setups the node refuses anyway. The log names where the engine
+        // is; the coordinator learns only its name.
+        if let Err(e) = self.engine.check().await {
+            warn!(%sid, "{e}");
+            return Err(e.into());
+        }
         let proto = NodeSession::new(
             &analysis,
             sid,
@@ -509,13 +535,30 @@ impl NodeState {
         warn!(sid = %s.sid, step, code = ?st.code(), "step failed");
     }
 
-    /// The local step up to the shuffled list: debit, then the query's
-    /// batches streamed into the list builder (blinding on all cores while
+    /// The local step up to the shuffled list: open the tables, plan the
+    /// query, debit, then the query's batches streamed into the list builder (blinding on all cores while
     /// the engine reads), then padding and the shuffle. Returns the list's
     /// length and dummies; the list itself stays in the session.
-    async fn prepare_list(&self, s: &Arc<Session>) -> Result<(u64, Vec<u64>), Status> {
-        // The budget is debited, durably and with its audit record, before
-        // any data is read.
+    async fn prepare_list(
+        &self,
+        s: &Arc<Session>,
+    ) -> Result<(u64, Vec<u64>, data::TableVersions), Status> {
+        // The tables open first (their metadata and, for a Delta table,
+        // the version this run reads) and the query is planned and its
+        // columns checked, reading no row: a table that cannot open, an
+        // engine gone since setup, or SQL that does not fit the tables or
+        // the analysis costs no budget. Then the budget is debited, durably
+        // and with its audit record, before the query runs.
+        let tables = self
+            .engine
+            .open(&self.config.tables)
+            .await
+            .map_err(|e| status(e.into()))?;
+        let versions = tables.versions.clone();
+        let planned = tables
+            .plan(&s.analysis, &self.config.name)
+            .await
+            .map_err(|e| status(e.into()))?;
         let policy = self.config.policy_for(&s.coordinator);
         self.store
             .debit(
@@ -525,9 +568,7 @@ impl NodeState {
             )
             .map_err(status)?;
         failpoint("after-debit");
-        let mut batches = data::local_batches(&self.ctx, &s.analysis, &self.config.name)
-            .await
-            .map_err(|e| status(e.into()))?;
+        let mut batches = planned.run().await.map_err(|e| status(e.into()))?;
         // The builder borrows the session's secrets, so it lives on one
         // blocking thread; the engine's batches reach it through a channel.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<RowBatch>(2);
@@ -573,7 +614,7 @@ impl NodeState {
             return Err(st);
         }
         let list = built??;
-        let out = (list.len(), list.dummies().to_vec());
+        let out = (list.len(), list.dummies().to_vec(), versions);
         // Kept only if the session is still open (`close` sets `ended`
         // before it empties `list`, so a list is never stored after that).
         let mut slot = s.list.lock().unwrap_or_else(|e| e.into_inner());
@@ -663,7 +704,20 @@ impl Node for NodeService {
             .filter(|t| policy.shows(t))
             .cloned()
             .collect();
-        let tables = data::catalog(&self.ctx, &visible)
+        // Only the tables this coordinator may see are opened.
+        let shown = self
+            .config
+            .tables
+            .iter()
+            .filter(|(t, _)| visible.contains(t))
+            .map(|(t, s)| (t.clone(), s.clone()))
+            .collect();
+        let tables = self
+            .engine
+            .open(&shown)
+            .await
+            .map_err(|e| status(e.into()))?
+            .catalog(&visible)
             .await
             .map_err(|e| status(e.into()))?
             .into_iter()
@@ -688,7 +742,8 @@ impl Node for NodeService {
             return Err(shutting_down());
         }
         self.expire_sessions();
-        match self.setup_session(&who, sid, hash, &r.analysis_toml) {
+        let opened = self.setup_session(&who, sid, hash, &r.analysis_toml).await;
+        match opened {
             Ok(s) => {
                 info!(coordinator = %who, %sid, analysis = %s.analysis.name, "session opened");
                 self.sessions
@@ -764,14 +819,18 @@ impl Node for NodeService {
                     }
                 }
             };
-            let prepared = prepared.and_then(|(len, dummies)| {
+            let prepared = prepared.and_then(|(len, dummies, versions)| {
                 let tags = s.with(|p| Ok(p.length_tags(len)))?;
-                Ok((len, dummies, tags))
+                Ok((len, dummies, tags, versions))
             });
             match prepared {
-                Ok((len, dummies, tags)) => {
+                Ok((len, dummies, tags, versions)) => {
                     let mut rec = s.record(&this.store, Event::LocalStep);
                     rec.list_rows = Some(len);
+                    for (table, version) in &versions {
+                        info!(sid = %s.sid, table, version, "local step read this delta table version");
+                    }
+                    rec.table_versions = versions;
                     if let Err(e) = this.store.log(&rec) {
                         let _ = tx.send(Err(status(e))).await;
                         return;

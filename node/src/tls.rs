@@ -55,6 +55,7 @@ impl TlsMaterial {
     /// Server side: present our certificate, require a client certificate
     /// signed by the CA.
     pub fn server_config(&self) -> ServerTlsConfig {
+        install_crypto_provider();
         ServerTlsConfig::new()
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
             .client_ca_root(Certificate::from_pem(&self.ca_pem))
@@ -64,11 +65,23 @@ impl TlsMaterial {
     /// Client side: present our certificate and expect the server to hold a
     /// certificate for `server_name`, signed by the CA.
     pub fn client_config(&self, server_name: &str) -> ClientTlsConfig {
+        install_crypto_provider();
         ClientTlsConfig::new()
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .domain_name(server_name)
     }
+}
+
+/// Makes ring rustls's crypto provider for the process (once; a provider
+/// installed before is kept). Every TLS setup calls it first: the build has
+/// both ring (ours, through tonic) and aws-lc-rs (through delta-rs), and with
+/// two, rustls will not choose one itself.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// Returns the first of `allowed` that the (already chain-verified) peer

@@ -355,7 +355,10 @@ fn check_runs_the_query_locally() {
     let dir = tmp.path();
     two_banks(dir, ANALYSIS);
     let out = ok(node(dir, &["check", "--config", "a.toml", "analysis.toml"]));
-    assert!(out.starts_with("ok: the query of bank-a returns"), "{out}");
+    assert!(
+        out.starts_with("ok: the query of bank-a on DataFusion (embedded) returns"),
+        "{out}"
+    );
     std::fs::write(
         dir.join("bad.toml"),
         ANALYSIS.replace("FROM transfers", "FROM transfers_typo"),

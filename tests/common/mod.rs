@@ -206,7 +206,7 @@ impl Cluster {
                 s += &format!("{a},{v}\n");
             }
             std::fs::write(&csv, s).unwrap();
-            let tables = BTreeMap::from([("accounts".to_string(), csv)]);
+            let tables = BTreeMap::from([("accounts".to_string(), csv.into())]);
             configs.push(
                 loopback_node_config(&dir, &certs, &party(i), tables, BTreeMap::new()).unwrap(),
             );
@@ -344,3 +344,4 @@ pub fn has_number(text: &str, n: i64) -> bool {
         !(word(before) || word(after) || negated)
     })
 }
+pub mod spark;
