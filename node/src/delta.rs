@@ -29,8 +29,6 @@ pub async fn register(
     location: &str,
     at: &DeltaAt,
 ) -> Result<u64, DataError> {
-    // Object stores reach the cloud over rustls.
-    crate::tls::install_crypto_provider();
     register_cloud_stores();
     let err = |e: DeltaTableError| DataError::Table {
         table: name.to_string(),
@@ -73,8 +71,6 @@ pub async fn write(
     batches: Vec<RecordBatch>,
     append: bool,
 ) -> Result<u64, DataError> {
-    // Object stores reach the cloud over rustls.
-    crate::tls::install_crypto_provider();
     register_cloud_stores();
     let err = |e: DeltaTableError| DataError::Table {
         table: location.to_string(),
@@ -110,6 +106,8 @@ pub async fn write(
 /// configured: [`write`] (demo data, tests) is for local paths, or for a
 /// store whose writes need no lock (not S3 with concurrent writers).
 fn register_cloud_stores() {
+    // Object stores reach the cloud over rustls.
+    crate::tls::install_crypto_provider();
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         for scheme in ["s3", "s3a", "az", "abfs", "abfss", "azure", "gs"] {
