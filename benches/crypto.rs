@@ -6,6 +6,7 @@ use std::hint::black_box;
 
 use cleanroom::Analysis;
 use cleanroom::keys::{KeyPart, encode_key};
+use cleanroom::prf::GroupKey;
 use cleanroom::protocol::{Row, simulate};
 use cleanroom::psi::{BlindingKey, HashToGroup, POINT_LEN};
 use cleanroom::session::{SessionId, os_rng};
@@ -51,6 +52,11 @@ fn primitives(c: &mut Criterion) {
     });
     g.bench_function("reblind_4096", |b| {
         b.iter(|| k.reblind(black_box(&blinded), POINT_LEN).unwrap())
+    });
+    // keyed-prf's prepare step: one HMAC-SHA-256 per key.
+    let tagger = GroupKey::random(&mut rng).tagger(&sid);
+    g.bench_function("tag_4096_keyed_prf", |b| {
+        b.iter(|| tagger.tag_keys(black_box(&ks)))
     });
     g.throughput(Throughput::Elements(256));
     g.bench_function("double_and_compress_batch_256", |b| {

@@ -16,6 +16,8 @@
 //! # optional: one count and one sum per declared group of a column of one party
 //! # group_by = "bank-a.band"
 //! # groups = ["<10k", "10k-100k", ">=100k"]
+//! [protocol]                       # optional
+//! psi = "ecdh-ring"                # or "keyed-prf" (see [`Psi`]); part of the hash
 //! [privacy]
 //! min_matched = 10                 # refuse to release below this many matched keys
 //! epsilon = 1.0                    # optional: DP noise on every released number
@@ -161,6 +163,55 @@ pub enum Mechanism {
     Gaussian,
 }
 
+/// The private set intersection protocol of an analysis (`[protocol] psi`).
+///
+/// Both reveal the same to every party as long as the coordinator colludes
+/// with no bank; they differ in what a coordinator colluding with one bank
+/// can do (see the README's leakage table and docs/design.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Psi {
+    /// Every list is blinded by every party's secret scalar in turn around
+    /// the ring (Diffie–Hellman PSI). No party's secret lets anyone test a
+    /// guessed key of another bank. The default.
+    #[default]
+    EcdhRing,
+    /// Server-aided PSI (Kamara et al., FC 2014): the banks share a fresh
+    /// group key the coordinator never sees and send keyed tags of their
+    /// keys; the coordinator matches tags. One pass, at hashing speed; but a
+    /// coordinator colluding with one bank (who holds the group key) can
+    /// test guessed keys against every bank's list.
+    KeyedPrf,
+}
+
+impl Psi {
+    /// The name used in analysis files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Psi::EcdhRing => "ecdh-ring",
+            Psi::KeyedPrf => "keyed-prf",
+        }
+    }
+
+    /// Parses a name as written in analysis files.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Psi::EcdhRing, Psi::KeyedPrf]
+            .into_iter()
+            .find(|p| p.name() == name)
+    }
+
+    /// Whether this is the default (and so left out of the canonical form).
+    pub fn is_default(&self) -> bool {
+        *self == Psi::default()
+    }
+}
+
+impl fmt::Display for Psi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Differential-privacy settings.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DpSpec {
@@ -300,6 +351,12 @@ pub struct Analysis {
     pub expires: Option<String>,
     /// Release conditions.
     pub privacy: Privacy,
+    /// The matching protocol (`[protocol] psi`). Skipped in the canonical
+    /// form when it is the default, so analyses written before the choice
+    /// existed keep their hash; any other choice changes the hash, so every
+    /// bank approves it.
+    #[serde(skip_serializing_if = "Psi::is_default")]
+    pub psi: Psi,
 }
 
 /// SHA-256 over the canonical form of an analysis.
@@ -350,6 +407,14 @@ struct RawAnalysis {
     output: RawOutput,
     #[serde(default)]
     privacy: RawPrivacy,
+    #[serde(default)]
+    protocol: RawProtocol,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProtocol {
+    psi: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -573,6 +638,14 @@ impl Analysis {
         {
             return Err(AnalysisError::BadExpiry(e.clone()));
         }
+        let psi = match raw.protocol.psi.as_deref() {
+            None => Psi::default(),
+            Some(name) => Psi::from_name(name).ok_or_else(|| {
+                AnalysisError::Syntax(format!(
+                    "protocol.psi {name:?} is not a protocol: use \"ecdh-ring\" or \"keyed-prf\""
+                ))
+            })?,
+        };
         let grouping = parse_grouping(raw.output.group_by, raw.output.groups, &parties)?;
         if let (Some(g), Some(dp)) = (&grouping, &dp)
             && (g.groups.len() as u64) * 2 * dp.dummy_shift() > MAX_DUMMY_ROWS
@@ -592,6 +665,7 @@ impl Analysis {
                 dp,
                 pad_to_multiple: p.pad_to_multiple,
             },
+            psi,
         })
     }
 
@@ -740,6 +814,30 @@ epsilon = 1.0
         let changed = EXAMPLE.replace("min_matched = 10", "min_matched = 11");
         assert_ne!(a.hash(), Analysis::parse(&changed).unwrap().hash());
         assert_eq!(AnalysisHash::from_hex(&a.hash().to_hex()), Some(a.hash()));
+    }
+
+    #[test]
+    fn the_protocol_is_part_of_the_hash_and_defaults_to_the_ring() {
+        let a = Analysis::parse(EXAMPLE).unwrap();
+        assert_eq!(a.psi, Psi::EcdhRing);
+        // Naming the default changes nothing, not even the hash.
+        let ring =
+            Analysis::parse(&format!("{EXAMPLE}\n[protocol]\npsi = \"ecdh-ring\"\n")).unwrap();
+        assert_eq!(ring.hash(), a.hash());
+        let prf =
+            Analysis::parse(&format!("{EXAMPLE}\n[protocol]\npsi = \"keyed-prf\"\n")).unwrap();
+        assert_eq!(prf.psi, Psi::KeyedPrf);
+        assert_ne!(prf.hash(), a.hash());
+        match err(&format!("{EXAMPLE}\n[protocol]\npsi = \"ot\"\n")) {
+            AnalysisError::Syntax(m) => {
+                assert!(m.contains("\"ot\"") && m.contains("keyed-prf"), "{m}")
+            }
+            e => panic!("{e:?}"),
+        }
+        assert!(matches!(
+            err(&format!("{EXAMPLE}\n[protocol]\nspeed = 1\n")),
+            AnalysisError::Syntax(_)
+        ));
     }
 
     fn err(text: &str) -> AnalysisError {

@@ -10,6 +10,7 @@
 //! | [`session`] | session ids and the random source used for secrets |
 //! | [`keys`] | canonical join-key encoding (strings NFC, integers big-endian, tuples length-prefixed) |
 //! | [`psi`] | hash-to-Ristretto, per-session blinding, re-blinding, truncation |
+//! | [`prf`] | keyed-prf matching: the group key, its sealing, keyed tags |
 //! | [`share`] | identity keys, pairwise seeds, PRG masks, sealing of mask sums |
 //! | [`dp`] | exact discrete Laplace and discrete Gaussian samplers |
 //! | [`analysis`] | the analysis file format, validation and its approval hash |
@@ -20,10 +21,11 @@
 pub mod analysis;
 pub mod dp;
 pub mod keys;
+pub mod prf;
 pub mod protocol;
 pub mod psi;
 pub mod session;
 pub mod share;
 
-pub use analysis::{Analysis, AnalysisError, AnalysisHash};
+pub use analysis::{Analysis, AnalysisError, AnalysisHash, Psi};
 pub use session::SessionId;

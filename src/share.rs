@@ -36,7 +36,7 @@ pub enum ShareError {
     #[error("invalid identity secret key")]
     InvalidSecretKey,
     /// A sealed mask sum failed authentication or has the wrong size.
-    #[error("sealed mask sum failed to open (tampered, or wrong keys)")]
+    #[error("sealed message (mask sum or group key) failed to open (tampered, or wrong keys)")]
     OpenFailed,
     /// Vectors that must have equal length do not.
     #[error("length mismatch: expected {expected}, got {got}")]
@@ -211,6 +211,17 @@ impl PairwiseSecret {
         recipient: &str,
     ) -> SealKey {
         SealKey(self.expand(b"seal-key", analysis_hash, &[owner, sender, recipient]))
+    }
+
+    /// The AEAD key with which `sender` (the first party in ring order)
+    /// seals the keyed-prf group key for `receiver` (see [`crate::prf`]).
+    pub fn group_key_wrap(
+        &self,
+        analysis_hash: &[u8; 32],
+        sender: &str,
+        receiver: &str,
+    ) -> SealKey {
+        SealKey(self.expand(b"group-key", analysis_hash, &[sender, receiver]))
     }
 }
 
@@ -463,33 +474,57 @@ pub fn unmask(masked: &[u64], mask: &[u64]) -> Result<Vec<u64>, ShareError> {
         .collect())
 }
 
-/// AEAD key sealing one mask sum from its computing node to the recipient.
-/// Each key is used for exactly one message, so the nonce is fixed.
+/// AEAD key (ChaCha20-Poly1305) sealing one message between two nodes
+/// through the coordinator: a mask sum from its computing node to the
+/// recipient ([`PairwiseSecret::seal_key`]), or the keyed-prf group key from
+/// the first party to another ([`PairwiseSecret::group_key_wrap`]). Each key
+/// is derived for one session, purpose and pair, and used for exactly one
+/// message, so the nonce is fixed. Zeroized on drop.
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub struct SealKey([u8; 32]);
 
 impl SealKey {
     /// Seals a vector of `u64` (big-endian), with `aad` bound in.
     pub fn seal(&self, values: &[u64], aad: &[u8]) -> Vec<u8> {
-        let msg: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
-        self.cipher()
-            .encrypt(&Nonce::default(), Payload { msg: &msg, aad })
-            .expect("ChaCha20-Poly1305 accepts messages of this size")
+        let mut msg: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
+        let sealed = self.seal_bytes(&msg, aad);
+        msg.zeroize();
+        sealed
     }
 
     /// Opens a sealed vector of exactly `width` values.
     pub fn open(&self, sealed: &[u8], aad: &[u8], width: usize) -> Result<Vec<u64>, ShareError> {
-        let msg = self
-            .cipher()
-            .decrypt(&Nonce::default(), Payload { msg: sealed, aad })
-            .map_err(|_| ShareError::OpenFailed)?;
-        if msg.len() != width * 8 {
-            return Err(ShareError::OpenFailed);
-        }
+        let msg = self.open_bytes(sealed, aad, width * 8)?;
         Ok(msg
             .chunks_exact(8)
             .map(|c| u64::from_be_bytes(c.try_into().expect("chunk of 8")))
             .collect())
+    }
+
+    /// Seals bytes, with `aad` bound in: `msg.len() + 16` bytes.
+    pub fn seal_bytes(&self, msg: &[u8], aad: &[u8]) -> Vec<u8> {
+        self.cipher()
+            .encrypt(&Nonce::default(), Payload { msg, aad })
+            .expect("ChaCha20-Poly1305 accepts messages of this size")
+    }
+
+    /// Opens sealed bytes whose plaintext must be exactly `len` bytes
+    /// (zeroized when the caller drops them).
+    pub fn open_bytes(
+        &self,
+        sealed: &[u8],
+        aad: &[u8],
+        len: usize,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, ShareError> {
+        let msg = zeroize::Zeroizing::new(
+            self.cipher()
+                .decrypt(&Nonce::default(), Payload { msg: sealed, aad })
+                .map_err(|_| ShareError::OpenFailed)?,
+        );
+        if msg.len() != len {
+            return Err(ShareError::OpenFailed);
+        }
+        Ok(msg)
     }
 
     fn cipher(&self) -> ChaCha20Poly1305 {

@@ -16,8 +16,14 @@ use common::*;
 use tonic::Code;
 
 async fn check_run(n: usize, recipient: usize, seed: u64) {
+    check_run_on(n, recipient, seed, "").await;
+}
+
+/// [`check_run`] with `protocol` (a `[protocol]` section, or nothing)
+/// appended to the analysis.
+async fn check_run_on(n: usize, recipient: usize, seed: u64, protocol: &str) {
     let banks = banks(n, seed);
-    let text = analysis_text(n, recipient, 1);
+    let text = analysis_text(n, recipient, 1) + protocol;
     let cluster = Cluster::start(&banks, &[&text]).await;
     let report = cluster
         .run(&text, "coordinator")
@@ -62,6 +68,96 @@ async fn two_banks_match_plaintext_join() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_banks_match_plaintext_join() {
     check_run(3, 0, 2).await;
+}
+
+const KEYED_PRF: &str = "[protocol]\npsi = \"keyed-prf\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_prf_matches_plaintext_join() {
+    check_run_on(2, 0, 3, KEYED_PRF).await;
+    check_run_on(3, 1, 4, KEYED_PRF).await;
+}
+
+/// Over gRPC too, a node refuses the other protocol's messages: a sealed
+/// group key in an ecdh-ring session, a re-blind stream in a keyed-prf one,
+/// and a keyed-prf local step without its key. Each refusal names the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_refuse_the_other_protocols_messages_over_grpc() {
+    use cleanroom_proto::v1::{LocalStepRequest, ReblindChunk};
+    let banks = banks(2, 13);
+    let ring = analysis_text(2, 1, 1);
+    let prf = ring.clone() + KEYED_PRF;
+    let cluster = Cluster::start(&banks, &[&ring, &prf]).await;
+    let setup = async |text: &str, i: usize| {
+        let session = SessionRef {
+            sid: SessionId::random(&mut os_rng()).as_bytes().to_vec(),
+            analysis_hash: Analysis::parse(text).unwrap().hash().0.to_vec(),
+        };
+        let r = cluster
+            .client(i)
+            .await
+            .setup(SetupRequest {
+                session: Some(session.clone()),
+                analysis_toml: text.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (session, r.sealed_group_keys)
+    };
+    // ecdh-ring: no box at setup; one at the local step is refused.
+    let (session, boxes) = setup(&ring, 1).await;
+    assert!(boxes.is_empty());
+    let err = cluster
+        .client(1)
+        .await
+        .local_step(LocalStepRequest {
+            session: Some(session),
+            sealed_group_key: vec![7; 48],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("ecdh-ring"), "{}", err.message());
+    // keyed-prf: the first party sends a box per other party; a local step
+    // without one is refused at the second party.
+    let (session, boxes) = setup(&prf, 0).await;
+    assert_eq!(boxes.iter().map(Vec::len).collect::<Vec<_>>(), [0, 48]);
+    let (session_b, _) = setup(&prf, 1).await;
+    let err = cluster
+        .client(1)
+        .await
+        .local_step(LocalStepRequest {
+            session: Some(session_b.clone()),
+            ..LocalStepRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("failed to open"),
+        "{}",
+        err.message()
+    );
+    // ...and a re-blind stream is refused.
+    let chunk = ReblindChunk {
+        session: Some(session),
+        owner: 1,
+        points: vec![0; 32],
+        list_rows: 1,
+        length_tag: vec![0; 32],
+        chunk_tag: vec![0; 32],
+    };
+    let mut replies = cluster
+        .client(0)
+        .await
+        .reblind(futures::stream::iter([chunk]))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = replies.message().await.unwrap_err();
+    assert!(err.message().contains("keyed-prf"), "{}", err.message());
+    assert!(cluster.results(0).is_empty() && cluster.results(1).is_empty());
+    cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,6 +465,7 @@ async fn unfinished_sessions_expire() {
     let err = client
         .local_step(LocalStepRequest {
             session: Some(session),
+            ..LocalStepRequest::default()
         })
         .await
         .unwrap_err();
@@ -425,6 +522,7 @@ async fn busy_sessions_still_expire_at_their_maximum_age() {
             let err = client
                 .local_step(LocalStepRequest {
                     session: Some(session),
+                    ..LocalStepRequest::default()
                 })
                 .await
                 .unwrap_err();

@@ -205,6 +205,7 @@ async fn a_session_is_bound_to_the_identity_that_set_it_up() {
     let err = other
         .local_step(LocalStepRequest {
             session: Some(session.clone()),
+            ..LocalStepRequest::default()
         })
         .await
         .unwrap_err();
@@ -224,6 +225,7 @@ async fn a_session_is_bound_to_the_identity_that_set_it_up() {
         .await
         .local_step(LocalStepRequest {
             session: Some(session),
+            ..LocalStepRequest::default()
         })
         .await
         .unwrap();
@@ -392,6 +394,11 @@ struct Received {
     bytes: Vec<Vec<u8>>,
     numbers: Vec<u64>,
     messages: usize,
+    /// keyed-prf: the sealed group keys in Setup answers (also in `bytes`).
+    group_key_boxes: Vec<Vec<u8>>,
+    /// The list elements (points or tags) of LocalStep answers (also in
+    /// `bytes`).
+    list_elements: Vec<u8>,
 }
 
 impl Received {
@@ -404,20 +411,31 @@ impl Received {
                     // The approved analysis: public to every party.
                     SetupRequest::decode(m).unwrap();
                 }
-                ("Setup", false) => self
-                    .bytes
-                    .push(SetupResponse::decode(m).unwrap().party.into()),
+                ("Setup", false) => {
+                    let r = SetupResponse::decode(m).unwrap();
+                    self.bytes.push(r.party.into());
+                    self.bytes.extend(r.sealed_group_keys.iter().cloned());
+                    self.group_key_boxes.extend(r.sealed_group_keys);
+                }
                 ("LocalStep", true) => {
-                    LocalStepRequest::decode(m).unwrap();
+                    let r = LocalStepRequest::decode(m).unwrap();
+                    self.bytes.push(r.sealed_group_key);
                 }
                 ("LocalStep", false) => {
                     let c = ListChunk::decode(m).unwrap();
+                    self.list_elements.extend_from_slice(&c.points);
                     self.bytes.push(c.points);
+                    self.bytes.extend(c.length_tags);
+                    self.bytes.push(c.chunk_tag);
                     self.numbers.extend(c.masked);
                 }
                 ("Reblind", true) => self.bytes.push(ReblindChunk::decode(m).unwrap().points),
                 ("Reblind", false) => self.bytes.push(PointChunk::decode(m).unwrap().points),
-                ("MaskSum", true) => self.numbers.extend(MaskSumRequest::decode(m).unwrap().pad),
+                ("MaskSum", true) => {
+                    let r = MaskSumRequest::decode(m).unwrap();
+                    self.bytes.push(r.length_tag);
+                    self.numbers.extend(r.pad);
+                }
                 ("MaskSum", false) => self.bytes.push(MaskSumResponse::decode(m).unwrap().sealed),
                 ("Deliver", true) => {
                     // The count is the release itself (noisy), for the
@@ -482,12 +500,28 @@ fn searchable_as_text(v: u64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transcript_of_a_three_bank_dp_run_holds_no_secret_outside_the_recipient() {
+    transcript_holds_no_secret_outside_the_recipient(false).await;
+}
+
+/// The same under keyed-prf, and: the group key the banks used (recovered
+/// here from the box that crossed the wire, with the banks' identity keys)
+/// is nowhere in what the coordinator received, though every list it
+/// received was tagged under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcript_of_a_keyed_prf_run_holds_no_secret_and_never_the_group_key() {
+    transcript_holds_no_secret_outside_the_recipient(true).await;
+}
+
+async fn transcript_holds_no_secret_outside_the_recipient(prf: bool) {
     let _serial = serial().await;
     let mark = log_mark();
     let n = 3;
     let recipient = 2;
     let banks = banks(n, 28);
-    let text = dp_text(n, recipient, 1.0);
+    let mut text = dp_text(n, recipient, 1.0);
+    if prf {
+        text += "[protocol]\npsi = \"keyed-prf\"\n";
+    }
     let recorders: Vec<Arc<Recorder>> = (0..n).map(|_| Arc::new(Recorder::default())).collect();
     let cluster = Cluster::start_with(
         &banks,
@@ -503,6 +537,11 @@ async fn transcript_of_a_three_bank_dp_run_holds_no_secret_outside_the_recipient
     .await;
     let report = cluster.run(&text, "coordinator").await.unwrap();
     let stored = cluster.store(recipient).result(&report.sid).unwrap();
+    let identities: Vec<_> = cluster
+        .configs
+        .iter()
+        .map(|c| c.identity().unwrap())
+        .collect();
     cluster.stop().await;
 
     // The secrets: raw keys (as text and canonically encoded), every feature
@@ -544,6 +583,37 @@ async fn transcript_of_a_three_bank_dp_run_holds_no_secret_outside_the_recipient
         }
     }
     assert!(coordinator.messages > 10 && coordinator.numbers.len() > 500);
+    if prf {
+        let group_key = open_group_key(&coordinator, &identities, &report, &text);
+        // Every list the coordinator received was tagged under that key...
+        let tagger = group_key.tagger(&report.sid);
+        let tags: BTreeSet<&[u8]> = coordinator.list_elements.chunks(16).collect();
+        let tagged = banks
+            .iter()
+            .flat_map(|b| &b.rows)
+            .filter(|(acct, _)| {
+                tags.contains(tagger.tag(&encode_key(&[KeyPart::Str(acct)])).as_slice())
+            })
+            .count();
+        assert_eq!(tagged, banks.iter().map(|b| b.rows.len()).sum::<usize>());
+        // ...yet neither the key nor any 8 bytes of it reached it.
+        let k = group_key.as_bytes();
+        for b in &coordinator.bytes {
+            for part in k.chunks(8) {
+                assert!(
+                    !b.windows(8).any(|w| w == part),
+                    "the coordinator received part of the group key"
+                );
+            }
+        }
+        for part in k.chunks(8) {
+            let word = u64::from_be_bytes(part.try_into().unwrap());
+            let le = u64::from_le_bytes(part.try_into().unwrap());
+            assert!(!coordinator.numbers.contains(&word) && !coordinator.numbers.contains(&le));
+        }
+    } else {
+        assert!(coordinator.group_key_boxes.is_empty());
+    }
     coordinator.assert_holds_none("the coordinator", &keys, &values);
     for (i, r) in banks_received.iter().enumerate() {
         assert!(r.messages > 3, "bank {i} took part");
@@ -569,6 +639,33 @@ async fn transcript_of_a_three_bank_dp_run_holds_no_secret_outside_the_recipient
         let lines: Vec<&str> = log.lines().filter(|l| has_number(l, *v as i64)).collect();
         assert!(lines.is_empty(), "a log holds the value {v}: {lines:#?}");
     }
+}
+
+/// The group key of a keyed-prf run, opened from the boxes the first party
+/// sent in its Setup answer with the receivers' identity keys (which the
+/// coordinator does not have). Every box opens to the same key.
+fn open_group_key(
+    coordinator: &Received,
+    identities: &[cleanroom::share::IdentityKey],
+    report: &cleanroom_coordinator::RunReport,
+    text: &str,
+) -> cleanroom::prf::GroupKey {
+    use cleanroom::prf::GroupKey;
+    use cleanroom::share::PairwiseSecret;
+    let hash = Analysis::parse(text).unwrap().hash();
+    let boxes = &coordinator.group_key_boxes;
+    assert_eq!(boxes.len(), identities.len(), "one box per party");
+    assert!(boxes[0].is_empty());
+    let keys: Vec<GroupKey> = (1..identities.len())
+        .map(|j| {
+            let wrap = PairwiseSecret::derive(&identities[j], &identities[0].public(), &report.sid)
+                .unwrap()
+                .group_key_wrap(&hash.0, &party(0), &party(j));
+            GroupKey::open(&wrap, &boxes[j], &report.sid, &hash.0).unwrap()
+        })
+        .collect();
+    assert!(keys.iter().all(|k| k.as_bytes() == keys[0].as_bytes()));
+    keys[0].clone()
 }
 
 /// The log with the numbers of its `rows=N` fields removed.

@@ -1,4 +1,5 @@
-//! The in-memory protocol agrees with a plaintext join of the same data.
+//! The in-memory protocol agrees with a plaintext join of the same data,
+//! under either matching protocol (`[protocol] psi`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -91,6 +92,15 @@ fn plaintext(grouped: &[BTreeMap<u16, Vec<u64>>]) -> BTreeMap<String, i64> {
     out
 }
 
+/// `extra` (privacy settings) with the keyed-prf protocol chosen when `prf`.
+fn psi(extra: &str, prf: bool) -> String {
+    if prf {
+        format!("{extra}\n[protocol]\npsi = \"keyed-prf\"\n")
+    } else {
+        extra.to_string()
+    }
+}
+
 fn run(grouped: &[BTreeMap<u16, Vec<u64>>], extra_privacy: &str) -> BTreeMap<String, i64> {
     run_in(grouped, extra_privacy, usize::MAX, usize::MAX)
 }
@@ -124,21 +134,23 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
     #[test]
-    fn two_parties_agree_with_plaintext_join(a in raw_rows(30), b in raw_rows(30)) {
+    fn two_parties_agree_with_plaintext_join(a in raw_rows(30), b in raw_rows(30), prf in any::<bool>()) {
         let g = [group(&a), group(&b)];
-        prop_assert_eq!(run(&g, ""), plaintext(&g));
+        prop_assert_eq!(run(&g, &psi("", prf)), plaintext(&g));
     }
 
     #[test]
-    fn three_parties_agree_with_plaintext_join(a in raw_rows(20), b in raw_rows(20), c in raw_rows(20)) {
+    fn three_parties_agree_with_plaintext_join(
+        a in raw_rows(20), b in raw_rows(20), c in raw_rows(20), prf in any::<bool>(),
+    ) {
         let g = [group(&a), group(&b), group(&c)];
-        prop_assert_eq!(run(&g, ""), plaintext(&g));
+        prop_assert_eq!(run(&g, &psi("", prf)), plaintext(&g));
     }
 
     #[test]
-    fn padding_does_not_change_results(a in raw_rows(25), b in raw_rows(25)) {
+    fn padding_does_not_change_results(a in raw_rows(25), b in raw_rows(25), prf in any::<bool>()) {
         let g = [group(&a), group(&b)];
-        prop_assert_eq!(run(&g, "pad_to_multiple = 16"), plaintext(&g));
+        prop_assert_eq!(run(&g, &psi("pad_to_multiple = 16", prf)), plaintext(&g));
     }
 
     /// Streaming (rows in small batches, lists in small chunks with
@@ -146,11 +158,12 @@ proptest! {
     #[test]
     fn streaming_equals_one_piece(
         a in raw_rows(20), b in raw_rows(20), c in raw_rows(20),
-        batch in 1usize..7, chunk in 1usize..13, three in any::<bool>(),
+        batch in 1usize..7, chunk in 1usize..13, three in any::<bool>(), prf in any::<bool>(),
     ) {
         let g = if three { vec![group(&a), group(&b), group(&c)] } else { vec![group(&a), group(&b)] };
-        let whole = run(&g, "pad_to_multiple = 5");
-        prop_assert_eq!(&run_in(&g, "pad_to_multiple = 5", batch, chunk), &whole);
+        let extra = psi("pad_to_multiple = 5", prf);
+        let whole = run(&g, &extra);
+        prop_assert_eq!(&run_in(&g, &extra, batch, chunk), &whole);
         prop_assert_eq!(whole, plaintext(&g));
     }
 }
@@ -170,7 +183,9 @@ fn edge_cases() {
         vec![keys(0..30), keys(10..40), keys(20..50)],
     ] {
         let want = plaintext(&g);
-        assert_eq!(run(&g, ""), want);
+        for prf in [false, true] {
+            assert_eq!(run(&g, &psi("", prf)), want, "keyed-prf: {prf}");
+        }
     }
     assert_eq!(plaintext(&[keys(0..50), keys(0..50)])["count"], 50);
 }
@@ -191,7 +206,13 @@ fn min_matched_refuses_release() {
 
 #[test]
 fn duplicate_keys_are_refused() {
-    let a = analysis(2, "");
+    for prf in [false, true] {
+        duplicate_keys_are_refused_under(prf);
+    }
+}
+
+fn duplicate_keys_are_refused_under(prf: bool) {
+    let a = analysis(2, &psi("", prf));
     let mut inp = inputs(&[keys(0..3), keys(0..3)]);
     let dup = inp.get("bank-a").unwrap()[0].clone();
     inp.get_mut("bank-a").unwrap().push(dup);
@@ -204,11 +225,17 @@ fn duplicate_keys_are_refused() {
 
 #[test]
 fn dp_clamps_to_bounds_and_adds_noise() {
+    for prf in [false, true] {
+        dp_clamps_to_bounds_and_adds_noise_under(prf);
+    }
+}
+
+fn dp_clamps_to_bounds_and_adds_noise_under(prf: bool) {
     let bounds = "[privacy.bounds]\n\"bank-a.f0\" = 5\n\"bank-a.f1\" = 5\n\"bank-b.f0\" = 5\n\"bank-b.f1\" = 5";
     let g = [keys(0..40), keys(0..40)];
     // A huge epsilon: noise is zero with overwhelming probability, so the
     // result is the clamped plaintext.
-    let got = run(&g, &format!("epsilon = 1000000.0\n{bounds}"));
+    let got = run(&g, &psi(&format!("epsilon = 1000000.0\n{bounds}"), prf));
     let clamped: Vec<BTreeMap<u16, Vec<u64>>> = g
         .iter()
         .map(|p| {
@@ -221,7 +248,7 @@ fn dp_clamps_to_bounds_and_adds_noise() {
     // A small epsilon: values are noisy but unbiased around the truth.
     let truth = plaintext(&clamped)["sum(bank-a.f0)"];
     let runs: Vec<i64> = (0..20)
-        .map(|_| run(&g, &format!("epsilon = 0.5\n{bounds}"))["sum(bank-a.f0)"])
+        .map(|_| run(&g, &psi(&format!("epsilon = 0.5\n{bounds}"), prf))["sum(bank-a.f0)"])
         .collect();
     assert!(runs.iter().any(|&v| v != truth), "noise was added");
     let mean = runs.iter().sum::<i64>() as f64 / runs.len() as f64;
@@ -328,6 +355,7 @@ fn node_steps_refuse_misuse() {
     let ask = |owner, n: u64, len| MaskSumRequest {
         owner,
         list_len: len,
+        length_tag: Vec::new(),
         positions: (0..n).collect(),
         pad: vec![7, 9],
     };
@@ -376,4 +404,134 @@ fn node_steps_refuse_misuse() {
         NodeSession::new(&a, sid, "bank-b", &ids[1], &only_b, &mut rng),
         Err(ProtocolError::MissingPeerKey(p)) if p == "bank-a"
     ));
+}
+
+/// Under keyed-prf, one node session per party of a 3-party analysis (the
+/// first draws the group key) and their analysis.
+fn sessions(
+    prf: bool,
+) -> (
+    Analysis,
+    Vec<cleanroom::protocol::NodeSession>,
+    cleanroom::SessionId,
+) {
+    use cleanroom::protocol::{NodeSession, PeerKeys};
+    use cleanroom::share::IdentityKey;
+    let a = analysis(3, &psi("", prf));
+    let mut rng = os_rng();
+    let sid = cleanroom::SessionId::random(&mut rng);
+    let ids: Vec<IdentityKey> = (0..3).map(|_| IdentityKey::random(&mut rng)).collect();
+    let peers: PeerKeys = (0..3).map(|i| (party(i), ids[i].public())).collect();
+    let nodes = (0..3)
+        .map(|i| NodeSession::new(&a, sid, &party(i), &ids[i], &peers, &mut rng).unwrap())
+        .collect();
+    (a, nodes, sid)
+}
+
+/// A node refuses every keyed-prf message in an ecdh-ring session and every
+/// ecdh-ring message in a keyed-prf session; under keyed-prf it needs the
+/// group key, sealed for it, once, before its local step.
+#[test]
+fn each_protocol_refuses_the_others_messages() {
+    use cleanroom::Psi;
+    use cleanroom::protocol::MaskSumRequest;
+    let violation = |r: Result<(), ProtocolError>, what: &str| {
+        assert!(
+            matches!(r, Err(ProtocolError::Violation(ref m)) if m.contains(what)),
+            "{what}: {r:?}"
+        )
+    };
+    let mut rng = os_rng();
+
+    // ecdh-ring: no group key is drawn, sent or taken, no length comes
+    // outside a re-blind stream.
+    let (_, mut ring, _) = sessions(false);
+    assert!(
+        ring.iter()
+            .all(|n| n.psi() == Psi::EcdhRing && n.sealed_group_keys().is_empty())
+    );
+    violation(ring[1].accept_group_key(&[0u8; 48]), "ecdh-ring");
+    violation(
+        ring[1].accept_length(0, 20, &ring[0].length_tags(20)[1]),
+        "ecdh-ring",
+    );
+    let tag = ring[0].length_tags(20)[1].clone();
+    let with_tag = MaskSumRequest {
+        owner: 0,
+        list_len: 20,
+        length_tag: tag,
+        positions: vec![1, 2],
+        pad: vec![0, 0],
+    };
+    assert!(matches!(
+        ring[1].mask_sum(&with_tag),
+        Err(ProtocolError::Violation(ref m)) if m.contains("ecdh-ring")
+    ));
+
+    // keyed-prf: the first party seals the key for the two others only.
+    let (_, mut prf, _) = sessions(true);
+    let boxes = prf[0].sealed_group_keys().to_vec();
+    assert_eq!(boxes.len(), 3);
+    assert!(boxes[0].is_empty() && boxes[1..].iter().all(|b| b.len() == 48));
+    assert!(prf[1..].iter().all(|n| n.sealed_group_keys().is_empty()));
+    // No local step before the key; not another party's box; not a
+    // tampered one; not at the first party; not twice.
+    let rows = inputs(&[keys(0..20)])["bank-a"].clone();
+    assert!(matches!(
+        prf[1].prepare(rows.clone(), &mut rng),
+        Err(ProtocolError::Violation(ref m)) if m.contains("group key")
+    ));
+    assert!(matches!(
+        prf[1].accept_group_key(&boxes[2]),
+        Err(ProtocolError::Share(_))
+    ));
+    let mut tampered = boxes[1].clone();
+    tampered[0] ^= 1;
+    assert!(matches!(
+        prf[1].accept_group_key(&tampered),
+        Err(ProtocolError::Share(_))
+    ));
+    violation(prf[0].accept_group_key(&boxes[1]), "first party");
+    prf[1].accept_group_key(&boxes[1]).unwrap();
+    violation(prf[1].accept_group_key(&boxes[1]), "already");
+    // Both tag a key alike (the key was shared), and no node re-blinds.
+    let la = prf[0].prepare(rows.clone(), &mut rng).unwrap();
+    let lb = prf[1].prepare(rows, &mut rng).unwrap();
+    let (mut sa, mut sb) = (
+        la.points.chunks(16).collect::<Vec<_>>(),
+        lb.points.chunks(16).collect::<Vec<_>>(),
+    );
+    sa.sort();
+    sb.sort();
+    assert_eq!(la.points.len(), 20 * 16);
+    assert_eq!(sa, sb);
+    let len = la.masked.len;
+    assert!(matches!(
+        prf[1].open_reblind(0, len, &prf[0].length_tags(len)[1]),
+        Err(ProtocolError::Violation(ref m)) if m.contains("keyed-prf")
+    ));
+    assert!(prf[0].chunk_tag(0, 0, &la.points).is_empty());
+    // The unmasker sums masks only over the length its owner tagged for it.
+    let ask = |tag: Vec<u8>, list_len| MaskSumRequest {
+        owner: 0,
+        list_len,
+        length_tag: tag,
+        positions: vec![1, 2],
+        pad: vec![0, 0],
+    };
+    assert!(matches!(
+        prf[1].mask_sum(&ask(Vec::new(), len)),
+        Err(ProtocolError::Violation(ref m)) if m.contains("did not authenticate")
+    ));
+    let tags = prf[0].length_tags(len);
+    assert!(matches!(
+        prf[1].mask_sum(&ask(tags[1].clone(), len + 1)),
+        Err(ProtocolError::UnauthenticatedLength(_))
+    ));
+    assert!(matches!(
+        prf[1].mask_sum(&ask(tags[2].clone(), len)),
+        Err(ProtocolError::UnauthenticatedLength(_))
+    ));
+    violation(prf[2].accept_length(0, len, &tags[2]), "does not unmask");
+    assert!(prf[1].mask_sum(&ask(tags[1].clone(), len)).is_ok());
 }

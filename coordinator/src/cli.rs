@@ -88,6 +88,10 @@ enum Command {
         /// Party counts, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "2")]
         parties: Vec<usize>,
+        /// Matching protocols, comma-separated (ecdh-ring, keyed-prf): each
+        /// runs on the same tables, into the same CSV and plots.
+        #[arg(long = "protocol", value_delimiter = ',', value_parser = parse_psi, default_value = "ecdh-ring")]
+        protocols: Vec<cleanroom::Psi>,
         /// Share of each party's keys common to all parties.
         #[arg(long, default_value_t = 0.5)]
         overlap: f64,
@@ -191,6 +195,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Bench {
             keys,
             parties,
+            protocols,
             overlap,
             out,
             peers,
@@ -207,6 +212,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let opts = crate::bench::BenchOptions {
                 keys,
                 parties,
+                protocols,
                 overlap,
                 out: out.clone(),
                 peers,
@@ -262,4 +268,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Parses a matching protocol's name (`--protocol`).
+fn parse_psi(s: &str) -> Result<cleanroom::Psi, String> {
+    cleanroom::Psi::from_name(s.trim())
+        .ok_or_else(|| format!("{s:?} is not a protocol: use ecdh-ring or keyed-prf"))
 }

@@ -1,14 +1,16 @@
 //! Steps 2 and 3, streamed: one list from its owner's local step through
-//! every hop of the blinding ring, chunk by chunk. Chunk `k` of a list can be
-//! at hop 2 while chunk `k+1` is at hop 1; the coordinator keeps a list's
-//! masked values and its final 16-byte points, and holds 32-byte points only
-//! while forwarding them from one hop to the next.
+//! every hop of its route, chunk by chunk. Chunk `k` of a list can be at hop
+//! 2 while chunk `k+1` is at hop 1; the coordinator keeps a list's masked
+//! values and its final 16-byte elements, and holds 32-byte points only
+//! while forwarding them from one hop to the next. Under keyed-prf the route
+//! is empty: the owner's 16-byte tags are the final list.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use cleanroom::protocol::{MAX_LIST_ROWS, MaskedList, ProtocolError, ring};
+use cleanroom::Psi;
+use cleanroom::protocol::{MAX_LIST_ROWS, MaskedList, ProtocolError, encode};
 use cleanroom::psi::{POINT_LEN, TRUNCATED_LEN};
 use cleanroom_proto::CHUNK_POINTS;
 use cleanroom_proto::v1::{ListChunk, LocalStepRequest, PointChunk, ReblindChunk, SessionRef};
@@ -102,8 +104,25 @@ impl Hop<'_> {
 pub(crate) struct RingOutput {
     /// Masked values, width, length, dummies.
     pub masked: MaskedList,
-    /// The final (truncated) points, in list order.
+    /// The final elements (truncated points, or tags), in list order.
     pub finals: Vec<u8>,
+    /// The owner's length tags, one per party in ring order (under
+    /// keyed-prf the unmasker's goes with the mask-sum request; under
+    /// ecdh-ring they were relayed to the hops and these are empty).
+    pub length_tags: Vec<Vec<u8>>,
+}
+
+/// One list's run through [`through_ring`]: whose, under which protocol.
+pub(crate) struct ListJob {
+    /// The matching protocol of the analysis.
+    pub psi: Psi,
+    /// Ring index of the list's owner.
+    pub owner: usize,
+    /// Masked values per row.
+    pub width: usize,
+    /// keyed-prf: the group key the first party sealed for the owner
+    /// (empty for the first party itself, and under ecdh-ring).
+    pub sealed_group_key: Vec<u8>,
 }
 
 /// Streams list `owner` from its local step through its route. The
@@ -112,15 +131,20 @@ pub(crate) struct RingOutput {
 pub(crate) async fn through_ring(
     peers: &[Peer],
     session: &SessionRef,
-    owner: usize,
-    width: usize,
+    job: ListJob,
     deadlines: &Deadlines,
     received: &ProgressBar,
     finished: &ProgressBar,
 ) -> Result<RingOutput, CoordinatorError> {
+    let ListJob {
+        psi,
+        owner,
+        width,
+        sealed_group_key,
+    } = job;
     let (stall, local_limit) = (deadlines.stall, deadlines.local);
     let n = peers.len();
-    let route = ring::route(owner, n);
+    let route = encode::route(psi, owner, n);
     let source = &peers[owner];
     let mut local = unary(
         source,
@@ -128,6 +152,7 @@ pub(crate) async fn through_ring(
         stall,
         source.client.clone().local_step(LocalStepRequest {
             session: Some(session.clone()),
+            sealed_group_key,
         }),
     )
     .await?;
@@ -154,6 +179,30 @@ pub(crate) async fn through_ring(
     }
     let mut tags = std::mem::take(&mut first_chunk.length_tags);
     let first_chunk_rows = first_chunk.total_rows;
+    if route.is_empty() {
+        // keyed-prf: the owner's tags are final; its length tags go to the
+        // unmasker with the mask-sum request.
+        let (masked, finals) = feed(
+            source,
+            first_chunk,
+            local,
+            None,
+            encode::element_len(psi),
+            stall,
+            session,
+            owner,
+            width,
+            &Announced(AtomicU64::new(u64::MAX)),
+            received,
+        )
+        .await?;
+        finished.inc(masked.len);
+        return Ok(RingOutput {
+            masked,
+            finals,
+            length_tags: tags,
+        });
+    }
     // One re-blind stream per hop, fed from a channel; `owed[k]` counts the
     // points queued for hop k (it owes them back).
     let mut senders = Vec::new();
@@ -189,11 +238,12 @@ pub(crate) async fn through_ring(
             header: Some((first_chunk.total_rows, std::mem::take(&mut tags[route[0]]))),
         };
         async move {
-            let masked = feed(
+            let (masked, _) = feed(
                 source,
                 first_chunk,
                 local,
-                hop,
+                Some(hop),
+                POINT_LEN,
                 stall,
                 session,
                 owner,
@@ -205,6 +255,7 @@ pub(crate) async fn through_ring(
             Ok(Some(RingOutput {
                 masked,
                 finals: Vec::new(),
+                length_tags: Vec::new(),
             }))
         }
     }));
@@ -229,6 +280,7 @@ pub(crate) async fn through_ring(
             Ok(finals.map(|finals| RingOutput {
                 masked: MaskedList::default(),
                 finals,
+                length_tags: Vec::new(),
             }))
         }));
     }
@@ -246,24 +298,28 @@ pub(crate) async fn through_ring(
 }
 
 /// Reads the owner's local step: keeps masked values and dummies, checks
-/// every size against the announced length, forwards points to the first hop.
+/// every size against the announced length, and forwards the elements
+/// (`elem` bytes each) to the first hop, or, without a hop (keyed-prf),
+/// keeps them as the final list, returned with the masked list.
 #[allow(clippy::too_many_arguments)]
 async fn feed(
     source: &Peer,
     first_chunk: ListChunk,
     mut local: Streaming<ListChunk>,
-    mut hop: Hop<'_>,
+    mut hop: Option<Hop<'_>>,
+    elem: usize,
     stall: Duration,
     session: &SessionRef,
     owner: usize,
     width: usize,
     announced: &Announced,
     received: &ProgressBar,
-) -> Result<MaskedList, CoordinatorError> {
+) -> Result<(MaskedList, Vec<u8>), CoordinatorError> {
     let mut list = MaskedList {
         width,
         ..MaskedList::default()
     };
+    let mut finals = Vec::new();
     let mut rows = 0u64;
     let mut first = true;
     let mut pending = Some(first_chunk);
@@ -295,11 +351,8 @@ async fn feed(
             return Err(source.bad("dummy positions or length tags outside the first chunk"));
         }
         first = false;
-        let k = chunk.points.len() / POINT_LEN;
-        if chunk.points.len() % POINT_LEN != 0
-            || chunk.masked.len() != k * width
-            || k > CHUNK_POINTS
-        {
+        let k = chunk.points.len() / elem;
+        if chunk.points.len() % elem != 0 || chunk.masked.len() != k * width || k > CHUNK_POINTS {
             return Err(source.bad("chunk sizes do not match the analysis"));
         }
         rows += k as u64;
@@ -312,8 +365,19 @@ async fn feed(
             (list.len as usize).saturating_mul(width),
         );
         received.inc(k as u64);
-        hop.send(session, owner, chunk.points, chunk.chunk_tag)
-            .await?;
+        match &mut hop {
+            Some(hop) => {
+                hop.send(session, owner, chunk.points, chunk.chunk_tag)
+                    .await?
+            }
+            None => {
+                if !chunk.chunk_tag.is_empty() {
+                    return Err(source.bad("a chunk tag in a list that goes to no hop"));
+                }
+                let limit = (list.len as usize).saturating_mul(elem);
+                append_bounded(&mut finals, &chunk.points, limit);
+            }
+        }
     }
     if rows != list.len {
         return Err(source.bad("list shorter than announced"));
@@ -322,7 +386,7 @@ async fn feed(
     if distinct.len() != list.dummies.len() || list.dummies.iter().any(|&d| d >= list.len) {
         return Err(source.bad("dummy positions must be distinct and inside the list"));
     }
-    Ok(list)
+    Ok((list, finals))
 }
 
 /// Reads one hop's re-blinded chunks and forwards them to the next hop, or,

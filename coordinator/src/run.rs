@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use cleanroom::prf::SEALED_GROUP_KEY_LEN;
 use cleanroom::protocol::{Layout, ProtocolError, plan_release, ring};
 use cleanroom::session::os_rng;
-use cleanroom::{Analysis, AnalysisHash, SessionId};
+use cleanroom::{Analysis, AnalysisHash, Psi, SessionId};
 use cleanroom_node::tls::TlsMaterial;
 use cleanroom_proto::v1::node_client::NodeClient;
 use cleanroom_proto::v1::*;
@@ -20,7 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
 use crate::deadline::{Deadlines, request, unary};
-use crate::pipeline::through_ring;
+use crate::pipeline::{ListJob, through_ring};
 
 /// A node to run against: party name (its certificate name) and URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -459,7 +460,7 @@ pub async fn run_analysis(
             pb.inc(1);
             r.and_then(|resp| {
                 if resp.party == p.name {
-                    Ok(())
+                    Ok(resp.sealed_group_keys)
                 } else {
                     Err(p.bad(format!("answered as party {:?}", resp.party)))
                 }
@@ -468,13 +469,20 @@ pub async fn run_analysis(
     }))
     .await;
     setup.finish();
-    if let Some(e) = results.into_iter().find_map(Result::err) {
-        abort(&peers, &session, &e, deadlines).await;
-        return Err(e);
-    }
+    let boxes = match results.into_iter().collect::<Result<Vec<_>, _>>() {
+        Ok(b) => group_key_boxes(analysis.psi, &peers, b),
+        Err(e) => Err(e),
+    };
+    let boxes = match boxes {
+        Ok(b) => b,
+        Err(e) => {
+            abort(&peers, &session, &e, deadlines).await;
+            return Err(e);
+        }
+    };
 
     let outcome = drive(
-        &analysis, &peers, &session, &progress, &mut clock, deadlines,
+        &analysis, &peers, &session, boxes, &progress, &mut clock, deadlines,
     )
     .await;
     match outcome {
@@ -544,11 +552,45 @@ async fn finish(
     .await;
 }
 
-/// Steps 2–6 once every node has accepted the session.
+/// Checks what each node's setup answer carried for the keyed-prf group key
+/// and returns the box to relay to each party in ring order: under
+/// keyed-prf the first party sends one sealed key of the fixed length per
+/// other party (none for itself) and the others send none; under ecdh-ring
+/// nobody sends any. The coordinator only checks lengths: it cannot open
+/// the boxes.
+fn group_key_boxes(
+    psi: Psi,
+    peers: &[Peer],
+    mut sent: Vec<Vec<Vec<u8>>>,
+) -> Result<Vec<Vec<u8>>, CoordinatorError> {
+    let n = peers.len();
+    for (i, b) in sent.iter().enumerate() {
+        let expected = psi == Psi::KeyedPrf && i == 0;
+        if !expected && !b.is_empty() {
+            return Err(peers[i].bad(format!(
+                "sent sealed group keys it has no part in sending under {psi}"
+            )));
+        }
+        let well_formed = b.len() == n
+            && b[0].is_empty()
+            && b[1..].iter().all(|k| k.len() == SEALED_GROUP_KEY_LEN);
+        if expected && !well_formed {
+            return Err(peers[i].bad("did not send one sealed group key per other party"));
+        }
+    }
+    Ok(match psi {
+        Psi::KeyedPrf => std::mem::take(&mut sent[0]),
+        Psi::EcdhRing => vec![Vec::new(); n],
+    })
+}
+
+/// Steps 2–6 once every node has accepted the session; `boxes[i]` is the
+/// sealed group key to relay to party `i` (keyed-prf; empty otherwise).
 async fn drive(
     analysis: &Analysis,
     peers: &[Peer],
     session: &SessionRef,
+    boxes: Vec<Vec<u8>>,
     progress: &Progress,
     clock: &mut Clock<'_>,
     deadlines: &Deadlines,
@@ -561,19 +603,16 @@ async fn drive(
     let received = progress.phase("local steps", 0);
     let finished = progress.phase("blinding ring", 0);
     let layout = &layout;
-    let outputs = try_join_all((0..n).map(|owner| {
+    let outputs = try_join_all(boxes.into_iter().enumerate().map(|(owner, sealed)| {
         let (received, finished) = (received.clone(), finished.clone());
         async move {
-            let out = through_ring(
-                peers,
-                session,
+            let job = ListJob {
+                psi: analysis.psi,
                 owner,
-                layout.row_width(owner),
-                deadlines,
-                &received,
-                &finished,
-            )
-            .await?;
+                width: layout.row_width(owner),
+                sealed_group_key: sealed,
+            };
+            let out = through_ring(peers, session, job, deadlines, &received, &finished).await?;
             received.inc_length(out.masked.len);
             finished.inc_length(out.masked.len);
             Ok::<_, CoordinatorError>(out)
@@ -582,8 +621,14 @@ async fn drive(
     .await?;
     received.finish();
     finished.finish();
-    let (lists, finals): (Vec<_>, Vec<_>) =
-        outputs.into_iter().map(|o| (o.masked, o.finals)).unzip();
+    let mut lists = Vec::with_capacity(n);
+    let mut finals = Vec::with_capacity(n);
+    let mut length_tags = Vec::with_capacity(n);
+    for o in outputs {
+        lists.push(o.masked);
+        finals.push(o.finals);
+        length_tags.push(o.length_tags);
+    }
 
     // Steps 4–7: match, DP dummies, masked sums, release policy, noise and
     // pads, all before anything is unmasked.
@@ -593,8 +638,15 @@ async fn drive(
     clock.start("release");
     let release = progress.phase("release", n as u64 + 1);
     let sealed = try_join_all(lists.iter().enumerate().map(|(owner, list)| {
-        let ask = plan.mask_sum_request(owner, list.len);
-        let unmasker = &peers[ring::unmasker(owner, n)];
+        let u = ring::unmasker(owner, n);
+        // keyed-prf: the owner's length tag for the unmasker, which saw no
+        // re-blind stream of the list.
+        let tag = match analysis.psi {
+            Psi::KeyedPrf => std::mem::take(&mut length_tags[owner][u]),
+            Psi::EcdhRing => Vec::new(),
+        };
+        let ask = plan.mask_sum_request(owner, list.len, tag);
+        let unmasker = &peers[u];
         let pb = release.clone();
         async move {
             if list.width == 0 {
@@ -604,6 +656,7 @@ async fn drive(
                 session: Some(session.clone()),
                 owner: owner as u32,
                 list_len: ask.list_len,
+                length_tag: ask.length_tag,
                 positions: ask.positions,
                 pad: ask.pad,
             };

@@ -1,5 +1,6 @@
 //! Smoke test of `cleanroom-coordinator bench` at 1k keys: real node
-//! processes, the CSV's columns and rows, and both plots written.
+//! processes, both matching protocols in one CSV, the CSV's columns and
+//! rows, and both plots written.
 
 use std::process::Command;
 
@@ -17,6 +18,8 @@ fn bench_writes_csv_and_plots() {
             "1k,2k",
             "--parties",
             "2",
+            "--protocol",
+            "ecdh-ring,keyed-prf",
             "--bound-sample",
             "1024",
             "--out",
@@ -35,16 +38,20 @@ fn bench_writes_csv_and_plots() {
     assert_eq!(lines.next().unwrap(), COLUMNS.join(","));
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     let col = |name: &str| COLUMNS.iter().position(|c| *c == name).unwrap();
-    // Every phase of both runs, for the coordinator and both nodes, plus totals.
-    for keys in ["1000", "2000"] {
-        for phase in ["setup", "stream", "match", "release", "finish", "total"] {
-            for process in ["coordinator", "bank-a", "bank-b"] {
-                assert!(
-                    rows.iter().any(|r| r[col("keys_per_party")] == keys
-                        && r[col("phase")] == phase
-                        && r[col("process")] == process),
-                    "no row for {keys} keys, {phase}, {process}:\n{csv}"
-                );
+    // Every phase of every run, for the coordinator and both nodes, plus
+    // totals; under each protocol.
+    for protocol in ["ecdh-ring", "keyed-prf"] {
+        for keys in ["1000", "2000"] {
+            for phase in ["setup", "stream", "match", "release", "finish", "total"] {
+                for process in ["coordinator", "bank-a", "bank-b"] {
+                    assert!(
+                        rows.iter().any(|r| r[col("protocol")] == protocol
+                            && r[col("keys_per_party")] == keys
+                            && r[col("phase")] == phase
+                            && r[col("process")] == process),
+                        "no row for {protocol}, {keys} keys, {phase}, {process}:\n{csv}"
+                    );
+                }
             }
         }
     }
@@ -56,6 +63,12 @@ fn bench_writes_csv_and_plots() {
         assert!(r[col("peak_rss_bytes")].parse::<u64>().unwrap() > 1 << 20);
         assert!(r[col("bytes_sent")].parse::<u64>().unwrap() > 0);
         assert!(r[col("bytes_received")].parse::<u64>().unwrap() > 0);
+        let kind = if r[col("protocol")] == "keyed-prf" {
+            "io"
+        } else {
+            "crypto"
+        };
+        assert_eq!(r[col("bound_kind")], kind);
     }
     for svg in ["time.svg", "memory.svg"] {
         let text = std::fs::read_to_string(out.join(svg)).unwrap();
@@ -66,4 +79,6 @@ fn bench_writes_csv_and_plots() {
     }
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     assert!(md.contains("| ecdh-ring | 2 | 1k |"), "{md}");
+    assert!(md.contains("| keyed-prf | 2 | 1k |"), "{md}");
+    assert!(md.contains("2 parties × 1k keys: keyed-prf"), "{md}");
 }

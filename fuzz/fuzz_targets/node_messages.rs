@@ -88,6 +88,7 @@ fuzz_target!(|data: &[u8]| {
     let req = MaskSumRequest {
         owner,
         list_len: rows,
+        length_tag: Vec::new(),
         positions,
         pad: vec![u64::from(data[4]); (data[5] % 4) as usize],
     };

@@ -228,6 +228,7 @@ pub fn format_approvals(approvals: &[Approval], format: Format) -> String {
                     "name": a.analysis.name,
                     "parties": parties,
                     "recipient": a.analysis.recipient,
+                    "psi": a.analysis.psi.name(),
                     "sql": a.analysis.parties.iter().map(|p| (p.name.clone(), p.sql.clone())).collect::<std::collections::BTreeMap<_, _>>(),
                     "approved_at": a.approved_at,
                     "revoked_at": a.revoked_at,
@@ -247,6 +248,9 @@ pub fn format_approvals(approvals: &[Approval], format: Format) -> String {
                 }
                 out += &format!("  parties    {}\n", parties.join(", "));
                 out += &format!("  recipient  {}\n", a.analysis.recipient);
+                // The matching protocol decides what a coordinator
+                // colluding with one bank could test (README, leakage).
+                out += &format!("  matching   {}\n", a.analysis.psi);
                 for p in &a.analysis.parties {
                     out += &format!("  sql {}:\n", p.name);
                     for l in p.sql.trim().lines() {

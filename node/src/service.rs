@@ -13,12 +13,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use cleanroom::protocol::ReblindStream as ReblindState;
+use cleanroom::protocol::encode;
 use cleanroom::protocol::{Delivery, MaskShare, MaskSumRequest as CoreMaskSum, NodeSession};
 use cleanroom::protocol::{PeerKeys, ProtocolError, RowBatch, ShuffledList};
 use cleanroom::psi::POINT_LEN;
 use cleanroom::session::os_rng;
 use cleanroom::share::IdentityKey;
-use cleanroom::{Analysis, AnalysisHash, SessionId};
+use cleanroom::{Analysis, AnalysisHash, Psi, SessionId};
 use cleanroom_proto::CHUNK_POINTS;
 use cleanroom_proto::v1::node_server::Node;
 use cleanroom_proto::v1::*;
@@ -665,7 +666,7 @@ fn stream_list(
             });
             let stop = msg.is_err();
             if let Ok(m) = &msg {
-                start += (m.points.len() / POINT_LEN) as u64;
+                start += (m.points.len() / encode::element_len(s.analysis.psi)) as u64;
             }
             if tx.send(msg).await.is_err() || stop {
                 break;
@@ -746,6 +747,7 @@ impl Node for NodeService {
         match opened {
             Ok(s) => {
                 info!(coordinator = %who, %sid, analysis = %s.analysis.name, "session opened");
+                let sealed_group_keys = s.with(|p| Ok(p.sealed_group_keys().to_vec()))?;
                 self.sessions
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -757,6 +759,7 @@ impl Node for NodeService {
                 }
                 Ok(Response::new(SetupResponse {
                     party: self.config.name.clone(),
+                    sealed_group_keys,
                 }))
             }
             Err(e) => {
@@ -786,6 +789,19 @@ impl Node for NodeService {
             return Err(Status::failed_precondition(
                 "local step already ran for this session",
             ));
+        }
+        // keyed-prf: the group key first (before any table opens or budget
+        // is debited); a sealed key in an ecdh-ring session is refused.
+        let sealed = &req.get_ref().sealed_group_key;
+        let opened = s.with(|p| {
+            if !sealed.is_empty() || (p.psi() == Psi::KeyedPrf && p.index() != 0) {
+                p.accept_group_key(sealed).map_err(proto_status)?;
+            }
+            Ok(())
+        });
+        if let Err(st) = opened {
+            self.failed(&s, "local step", &st);
+            return Err(st);
         }
         // The stream opens at once; until the list is ready it carries a
         // heartbeat every few seconds, so the coordinator can tell a long
@@ -984,6 +1000,7 @@ impl Node for NodeService {
         let core = CoreMaskSum {
             owner: r.owner as usize,
             list_len: r.list_len,
+            length_tag: r.length_tag,
             positions: r.positions,
             pad: r.pad,
         };

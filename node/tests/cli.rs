@@ -234,6 +234,7 @@ async fn governance_commands_and_tamper_detection() {
         "mule-cashout",
         "parties    bank-a, bank-b",
         "recipient  bank-b",
+        "matching   ecdh-ring",
         "FROM transfers",
     ] {
         assert!(listed.contains(want), "{want} in {listed}");
@@ -244,6 +245,7 @@ async fn governance_commands_and_tamper_detection() {
     ));
     let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     assert_eq!(v["hash"], hash);
+    assert_eq!(v["psi"], "ecdh-ring");
     assert!(v["sql"]["bank-b"].as_str().unwrap().contains("withdrawals"));
 
     let (_a, addr_a) = serve(dir, "a.toml");

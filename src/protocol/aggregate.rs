@@ -8,7 +8,6 @@ use rand::CryptoRng;
 
 use super::{Layout, MaskSumRequest, MaskedList, ProtocolError, match_lists};
 use crate::analysis::{Aggregate, Analysis};
-use crate::psi::TRUNCATED_LEN;
 use crate::share::check_positions;
 
 /// What the coordinator has decided after matching.
@@ -36,11 +35,19 @@ pub struct ReleasePlan {
 }
 
 impl ReleasePlan {
-    /// The step-5 request for list `owner` of `list_len` rows.
-    pub fn mask_sum_request(&self, owner: usize, list_len: u64) -> MaskSumRequest {
+    /// The step-5 request for list `owner` of `list_len` rows; under
+    /// keyed-prf with the owner's `length_tag` for the unmasker (empty under
+    /// ecdh-ring).
+    pub fn mask_sum_request(
+        &self,
+        owner: usize,
+        list_len: u64,
+        length_tag: Vec<u8>,
+    ) -> MaskSumRequest {
         MaskSumRequest {
             owner,
             list_len,
+            length_tag,
             positions: self.positions[owner].clone(),
             pad: self.pads[owner].clone(),
         }
@@ -76,11 +83,12 @@ pub struct Delivery {
 }
 
 /// Steps 4–7 on the coordinator, shared by the in-memory and the gRPC run:
-/// matches the final (truncated) lists, refuses to go on below
+/// matches the final lists (truncated points or tags), refuses to go on below
 /// `min_matched`, adds DP dummy positions (one draw per group, shared by all
 /// lists), sums the masked rows, adds noise and pads. `lists[i]` is what
 /// the coordinator kept of list `i` (masked values, dummies), `finals[i]`
-/// the list's points after the whole blinding ring.
+/// the list's final elements (after the whole blinding ring under
+/// ecdh-ring; the owner's tags under keyed-prf).
 pub fn plan_release<R: CryptoRng + ?Sized>(
     analysis: &Analysis,
     lists: &[MaskedList],
@@ -97,8 +105,22 @@ pub fn plan_release<R: CryptoRng + ?Sized>(
             )));
         }
     }
+    let final_len = super::encode::final_len(analysis.psi);
+    if finals.len() != lists.len() {
+        return Err(ProtocolError::Violation(
+            "not every list has a final list".into(),
+        ));
+    }
+    for (i, (f, l)) in finals.iter().zip(lists).enumerate() {
+        if f.len() as u64 != l.len * final_len as u64 {
+            return Err(ProtocolError::Violation(format!(
+                "final list of {} does not have one {final_len}-byte element per row",
+                names[i]
+            )));
+        }
+    }
     let refs: Vec<&[u8]> = finals.iter().map(Vec::as_slice).collect();
-    let matches = match_lists(&refs, TRUNCATED_LEN, &names)?;
+    let matches = match_lists(&refs, final_len, &names)?;
     let m = matches.count;
     let min = analysis.privacy.min_matched;
     let dp = analysis.privacy.dp.as_ref();

@@ -4,7 +4,11 @@
 //! then padded, shuffled and masked position by position as it is sent out,
 //! in chunks. Nothing is allocated per row.
 //!
-//! Memory per key of the node's own list: `32·copies` bytes of points, `8·w`
+//! Keys become elements by the session's protocol ([`super::encode`]):
+//! 32-byte points under ecdh-ring, 16-byte tags under keyed-prf.
+//!
+//! Memory per key of the node's own list: `e·copies` bytes of elements (`e`
+//! the element length), `8·w`
 //! bytes of features and 4 bytes of permutation (`copies` is the number of
 //! groups for a non-grouping party of a grouped analysis, else 1).
 
@@ -16,7 +20,6 @@ use zeroize::Zeroize;
 
 use super::{Layout, MAX_LIST_ROWS, NodeSession, PreparedList, ProtocolError, Row};
 use crate::keys::{TAG_DUMMY, append_group};
-use crate::psi::POINT_LEN;
 use crate::share::MaskSeed;
 
 /// Dummy keys blinded per parallel job (see [`ListBuilder::finish`]).
@@ -201,12 +204,8 @@ impl<'s> ListBuilder<'s> {
         } else {
             (0..n).map(|r| batch.key(r)).collect()
         };
-        self.points.extend_from_slice(
-            &self
-                .session
-                .blinding
-                .blind_keys(&self.session.hasher, &slices),
-        );
+        self.points
+            .extend_from_slice(&self.session.encoder.encode(&slices)?);
         if let Some(g) = &batch.groups {
             self.groups.extend_from_slice(g);
         }
@@ -235,11 +234,13 @@ impl<'s> ListBuilder<'s> {
                 column: self.columns[c].clone(),
             });
         }
+        let el = self.session.encoder.element_len();
         let duplicate = if self.key_digests.is_empty() {
-            // Equal keys give equal points: sort the keys by (first copy) point.
+            // Equal keys give equal elements: sort the keys by (first copy)
+            // element.
             let point = |k: usize| {
-                let at = k * self.copies * POINT_LEN;
-                &self.points[at..at + POINT_LEN]
+                let at = k * self.copies * el;
+                &self.points[at..at + el]
             };
             let mut order: Vec<u32> = (0..self.keys as u32).collect();
             order.par_sort_unstable_by(|&a, &b| point(a as usize).cmp(point(b as usize)));
@@ -273,12 +274,12 @@ impl<'s> ListBuilder<'s> {
         }
         let slices: Vec<&[u8]> = dummy_keys.chunks_exact(33).collect();
         let mut points = std::mem::take(&mut self.points);
-        points.reserve_exact(slices.len() * POINT_LEN);
+        points.reserve_exact(slices.len() * el);
         // In slices, like the query's batches: each is one parallel job, so
         // the node's re-blinding of other lists (also on the rayon pool)
         // gets its turn between them instead of waiting for all padding.
         for part in slices.chunks(DUMMY_SLICE) {
-            points.extend_from_slice(&self.session.blinding.blind_keys(&self.session.hasher, part));
+            points.extend_from_slice(&self.session.encoder.encode(part)?);
         }
         let mut perm: Vec<u32> = (0..total as u32).collect();
         perm.shuffle(rng);
@@ -296,6 +297,7 @@ impl<'s> ListBuilder<'s> {
             layout: self.session.layout.clone(),
             me: self.session.me,
             width: self.session.layout.row_width(self.session.me),
+            element_len: el,
             w: self.columns.len(),
             copies: self.copies,
             grouping: self.grouping,
@@ -318,6 +320,7 @@ pub struct ShuffledList {
     layout: Layout,
     me: usize,
     width: usize,
+    element_len: usize,
     w: usize,
     copies: usize,
     grouping: bool,
@@ -362,23 +365,30 @@ impl ShuffledList {
         self.width
     }
 
+    /// Bytes per element (point or tag) of the list.
+    pub fn element_len(&self) -> usize {
+        self.element_len
+    }
+
     /// Positions of the DP dummy rows, in blocks per group.
     pub fn dummies(&self) -> &[u64] {
         &self.dummies
     }
 
-    /// The points (`32` bytes each) and masked values (`width` each) of
-    /// positions `start..start + count` (clipped to the list).
+    /// The elements ([`ShuffledList::element_len`] bytes each) and masked
+    /// values (`width` each) of positions `start..start + count` (clipped to
+    /// the list).
     pub fn chunk(&self, start: u64, count: usize) -> (Vec<u8>, Vec<u64>) {
         let end = start.saturating_add(count as u64).min(self.len());
         let start = start.min(end);
         let rows = (end - start) as usize;
-        let mut points = Vec::with_capacity(rows * POINT_LEN);
+        let el = self.element_len;
+        let mut points = Vec::with_capacity(rows * el);
         let mut masked = vec![0u64; rows * self.width];
         for (i, pos) in (start..end).enumerate() {
             let src = self.perm[pos as usize] as u64;
-            let at = src as usize * POINT_LEN;
-            points.extend_from_slice(&self.points[at..at + POINT_LEN]);
+            let at = src as usize * el;
+            points.extend_from_slice(&self.points[at..at + el]);
             let row = &mut masked[i * self.width..(i + 1) * self.width];
             self.fill(src, row);
         }

@@ -5,6 +5,8 @@
 //! the recipient, unmasking the release. Coordinator side: the blinding
 //! [`ring`] schedule, [`matching`], masked sums and DP noise ([`aggregate`]).
 //! [`group`] lays out grouped results (one masked vector per group).
+//! [`encode`] puts the matching protocol (`[protocol] psi`: ecdh-ring or
+//! keyed-prf) behind one interface; everything else is shared.
 //! [`simulate`] runs all of it in memory; the gRPC node and coordinator call
 //! the very same functions, only moving the bytes over the network.
 //!
@@ -20,6 +22,7 @@ use crate::psi::PsiError;
 use crate::share::ShareError;
 
 pub mod aggregate;
+pub mod encode;
 pub mod group;
 pub mod local;
 pub mod matching;
@@ -77,6 +80,10 @@ pub struct MaskSumRequest {
     pub owner: usize,
     /// Rows of that list, padding and dummies included.
     pub list_len: u64,
+    /// keyed-prf only: the owner's tag on `list_len` for this node (under
+    /// ecdh-ring the length arrived authenticated with the re-blind stream,
+    /// and this is empty). Pseudorandom to the receiver but for verifying.
+    pub length_tag: Vec<u8>,
     /// Matched positions (plus DP dummy positions), ascending.
     pub positions: Vec<u64>,
     /// The coordinator's one-time pad `r_i`, one word per masked slot: the

@@ -9,13 +9,15 @@ use std::collections::BTreeMap;
 
 use rand::CryptoRng;
 
+use super::encode::KeyEncoder;
 use super::local::{ListBuilder, RowBatch};
 use super::{
     Layout, MAX_LIST_ROWS, MaskSumRequest, ProtocolError, Release, ReleaseRow, ReleasedValue, Row,
     party_index, ring,
 };
-use crate::analysis::{Aggregate, Analysis, AnalysisHash};
-use crate::psi::{BlindingKey, HashToGroup, POINT_LEN, TRUNCATED_LEN};
+use crate::analysis::{Aggregate, Analysis, AnalysisHash, Psi};
+use crate::prf::GroupKey;
+use crate::psi::{POINT_LEN, TRUNCATED_LEN};
 use crate::session::SessionId;
 use crate::share::{
     self, ChunkKey, IdentityKey, IdentityPublic, LengthKey, MaskSeed, PairwiseSecret, SealKey,
@@ -98,8 +100,13 @@ pub struct NodeSession {
     sid: SessionId,
     pub(super) me: usize,
     pub(super) layout: Layout,
-    pub(super) blinding: BlindingKey,
-    pub(super) hasher: HashToGroup,
+    /// The prepare and transform secret of the session's protocol.
+    pub(super) encoder: KeyEncoder,
+    /// keyed-prf, first party only: the group key sealed for each party in
+    /// ring order (empty for itself).
+    group_out: Vec<Vec<u8>>,
+    /// keyed-prf, other parties: the key opening the first party's box.
+    group_in: Option<SealKey>,
     pub(super) own_seed: MaskSeed,
     pred_seed: MaskSeed,
     seal: Option<SealKey>,
@@ -110,7 +117,8 @@ pub struct NodeSession {
     /// Per party `i`: the key checking `i`'s list length (`None` for itself).
     length_in: Vec<Option<LengthKey>>,
     /// Per party `i`: the length of `i`'s list as its tag authenticated it
-    /// here (set when its re-blind stream opens): the mask sum over `i`'s
+    /// here (set when its re-blind stream opens under ecdh-ring, or with the
+    /// mask-sum request under keyed-prf): the mask sum over `i`'s
     /// list must use this length, not one the coordinator chose.
     verified_rows: Vec<std::sync::OnceLock<u64>>,
     /// Authenticates the point chunks this node sends its successor (its
@@ -202,7 +210,30 @@ impl NodeSession {
         let (succ, pred_node) = ((me_idx + 1) % n, (me_idx + n - 1) % n);
         let chunk_out = secret_with(succ)?.chunk_key(&hash.0, me, name(succ));
         let chunk_in = secret_with(pred_node)?.chunk_key(&hash.0, name(pred_node), me);
+        // keyed-prf: the first party draws the group key and seals it for
+        // every other party; they open it at their local step.
+        let encoder = KeyEncoder::new(analysis.psi, &sid, rng);
+        let (mut group_out, mut group_in) = (Vec::new(), None);
+        if analysis.psi == Psi::KeyedPrf {
+            if me_idx == 0 {
+                let key = GroupKey::random(rng);
+                for j in 0..n {
+                    group_out.push(if j == 0 {
+                        Vec::new()
+                    } else {
+                        let wrap = secret_with(j)?.group_key_wrap(&hash.0, name(0), name(j));
+                        key.seal(&wrap, &sid, &hash.0)
+                    });
+                }
+                encoder.set_tagger(key.tagger(&sid))?;
+            } else {
+                group_in = Some(secret_with(0)?.group_key_wrap(&hash.0, name(0), me));
+            }
+        }
         Ok(NodeSession {
+            encoder,
+            group_out,
+            group_in,
             chunk_out,
             chunk_in,
             analysis: analysis.clone(),
@@ -210,8 +241,6 @@ impl NodeSession {
             sid,
             me: me_idx,
             layout: Layout::new(analysis),
-            blinding: BlindingKey::random(rng),
-            hasher: HashToGroup::new(&sid),
             own_seed,
             pred_seed,
             seal,
@@ -277,21 +306,56 @@ impl NodeSession {
             .collect()
     }
 
-    /// Step 3: accepts a re-blind stream of `owner`'s list if `owner`'s tag
-    /// authenticates its length `rows` (see [`NodeSession::length_tags`]).
-    pub fn open_reblind(
-        &self,
-        owner: usize,
-        rows: u64,
-        tag: &[u8],
-    ) -> Result<ReblindStream, ProtocolError> {
+    /// The matching protocol of the session.
+    pub fn psi(&self) -> Psi {
+        self.encoder.psi()
+    }
+
+    /// Step 1, keyed-prf, first party: the group key sealed for each party
+    /// in ring order (empty for itself). Empty in every other case.
+    pub fn sealed_group_keys(&self) -> &[Vec<u8>] {
+        &self.group_out
+    }
+
+    /// Step 2, keyed-prf, every party but the first: opens the group key
+    /// the first party sealed for this node (relayed by the coordinator,
+    /// which cannot open it). Required before the local step; refused in
+    /// an ecdh-ring session, at the first party, or a second time.
+    pub fn accept_group_key(&self, sealed: &[u8]) -> Result<(), ProtocolError> {
+        if self.psi() != Psi::KeyedPrf {
+            return Err(ProtocolError::Violation(
+                "this session runs ecdh-ring: a group key is not part of it".into(),
+            ));
+        }
+        let wrap = self.group_in.as_ref().ok_or_else(|| {
+            ProtocolError::Violation("the first party draws the group key; it receives none".into())
+        })?;
+        let key = GroupKey::open(wrap, sealed, &self.sid, &self.hash.0)?;
+        self.encoder.set_tagger(key.tagger(&self.sid))
+    }
+
+    /// Step 5, keyed-prf: the unmasker of `owner`'s list (its predecessor)
+    /// checks the owner's tag on the list's length, which under ecdh-ring
+    /// arrives with the re-blind stream; the mask sum then uses no other
+    /// length. Refused in an ecdh-ring session.
+    pub fn accept_length(&self, owner: usize, rows: u64, tag: &[u8]) -> Result<(), ProtocolError> {
         let n = self.analysis.parties.len();
-        if owner >= n || owner == self.me {
+        if self.psi() != Psi::KeyedPrf {
+            return Err(ProtocolError::Violation(
+                "this session runs ecdh-ring: list lengths arrive with the re-blind stream".into(),
+            ));
+        }
+        if owner >= n || owner != ring::unmasked_list(self.me, n) {
             return Err(ProtocolError::Violation(format!(
-                "party {} cannot re-blind list {owner}",
+                "party {} does not unmask list {owner}",
                 self.name(self.me)
             )));
         }
+        self.verify_length(owner, rows, tag)
+    }
+
+    /// Checks `owner`'s tag on its list length and remembers the length.
+    fn verify_length(&self, owner: usize, rows: u64, tag: &[u8]) -> Result<(), ProtocolError> {
         if rows > MAX_LIST_ROWS {
             return Err(ProtocolError::ListTooLong {
                 party: self.name(owner).to_string(),
@@ -308,6 +372,27 @@ impl NodeSession {
         // A tag authenticates one length per owner and session, so a second
         // (refused elsewhere) stream could only set the same value.
         let _ = self.verified_rows[owner].set(rows);
+        Ok(())
+    }
+
+    /// Step 3 (ecdh-ring): accepts a re-blind stream of `owner`'s list if
+    /// `owner`'s tag authenticates its length `rows` (see
+    /// [`NodeSession::length_tags`]). Refused in a keyed-prf session.
+    pub fn open_reblind(
+        &self,
+        owner: usize,
+        rows: u64,
+        tag: &[u8],
+    ) -> Result<ReblindStream, ProtocolError> {
+        let n = self.analysis.parties.len();
+        self.encoder.blinding()?;
+        if owner >= n || owner == self.me {
+            return Err(ProtocolError::Violation(format!(
+                "party {} cannot re-blind list {owner}",
+                self.name(self.me)
+            )));
+        }
+        self.verify_length(owner, rows, tag)?;
         Ok(ReblindStream {
             owner,
             rows,
@@ -324,7 +409,11 @@ impl NodeSession {
     /// of list `owner` from position `offset` on (its own list, `owner` =
     /// this node, or a list it re-blinded). The coordinator relays it; the
     /// successor re-blinds nothing without it (see [`NodeSession::reblind`]).
+    /// Empty under keyed-prf, where no node receives another's list.
     pub fn chunk_tag(&self, owner: usize, offset: u64, points: &[u8]) -> Vec<u8> {
+        if self.psi() == Psi::KeyedPrf {
+            return Vec::new();
+        }
         self.chunk_out
             .tag(&self.sid, &self.hash.0, owner as u32, offset, points)
     }
@@ -364,7 +453,8 @@ impl NodeSession {
             });
         }
         let out = self
-            .blinding
+            .encoder
+            .blinding()?
             .reblind(points, stream.out_len)
             .map_err(|e| match e {
                 crate::psi::PsiError::InvalidPoint { index } => {
@@ -400,6 +490,9 @@ impl NodeSession {
             return Err(ProtocolError::Violation(
                 "mask sum already computed in this session".into(),
             ));
+        }
+        if !req.length_tag.is_empty() {
+            self.accept_length(owner, req.list_len, &req.length_tag)?;
         }
         let owner_name = self.name(owner).to_string();
         let width = self.layout.row_width(owner);

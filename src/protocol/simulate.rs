@@ -9,16 +9,18 @@ use rand::CryptoRng;
 
 use super::{
     Delivery, MaskShare, MaskSumRequest, MaskedList, NodeSession, PeerKeys, PreparedList,
-    ProtocolError, Release, Row, RowBatch, party_index, plan_release, ring,
+    ProtocolError, Release, Row, RowBatch, encode, party_index, plan_release, ring,
 };
 use crate::analysis::Analysis;
-use crate::psi::POINT_LEN;
 use crate::session::SessionId;
 use crate::share::IdentityKey;
 
 /// A message a node receives from the coordinator during a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
+    /// Step 2, keyed-prf, every party but the first: the group key the
+    /// first party sealed for it.
+    GroupKey(Vec<u8>),
     /// Step 3: a list (of `owner`) to re-blind.
     Reblind {
         /// Ring index of the list's owner.
@@ -39,10 +41,16 @@ pub enum Inbound {
 /// and the session id, which every node receives at setup).
 #[derive(Debug, Clone, Default)]
 pub struct Transcript {
+    /// What the coordinator received at setup from each node, in ring
+    /// order: under keyed-prf the first party's sealed group keys (one per
+    /// party, empty for itself); empty otherwise.
+    pub group_keys: Vec<Vec<Vec<u8>>>,
     /// What the coordinator received from each node's local step, in ring
     /// order. (Each node also knows its own list: it made it.)
     pub lists: Vec<PreparedList>,
-    /// What the coordinator received back from each list's last re-blinding.
+    /// What the coordinator matched: each list's final elements (from its
+    /// last re-blinding under ecdh-ring; as its owner sent them under
+    /// keyed-prf).
     pub finals: Vec<Vec<u8>>,
     /// What the coordinator received from each list's unmasker (`None` for
     /// lists without features and where the recipient kept its own sum).
@@ -76,7 +84,8 @@ pub fn simulate<R: CryptoRng + ?Sized>(
 /// [`simulate`] as the gRPC run does it: every party's rows go into its
 /// list builder in batches of `batch` rows, and every list travels — out of
 /// the local step and through each hop of the ring — in chunks of `chunk`
-/// points, each hop re-blinding chunk by chunk.
+/// points, each hop re-blinding chunk by chunk. Runs the analysis's
+/// matching protocol (`[protocol] psi`).
 pub fn simulate_streaming<R: CryptoRng + ?Sized>(
     analysis: &Analysis,
     inputs: &BTreeMap<String, Vec<Row>>,
@@ -101,8 +110,21 @@ pub fn simulate_streaming<R: CryptoRng + ?Sized>(
         .collect::<Result<Vec<_>, _>>()?;
     let mut t = Transcript {
         received: vec![Vec::new(); n],
+        group_keys: nodes
+            .iter()
+            .map(|node| node.sealed_group_keys().to_vec())
+            .collect(),
         ..Transcript::default()
     };
+    // keyed-prf: the coordinator relays the first party's sealed group key
+    // to every other party, which opens it before its local step.
+    if analysis.psi == crate::analysis::Psi::KeyedPrf {
+        for (j, node) in nodes.iter().enumerate().skip(1) {
+            let sealed = t.group_keys[0].get(j).cloned().unwrap_or_default();
+            t.received[j].push(Inbound::GroupKey(sealed.clone()));
+            node.accept_group_key(&sealed)?;
+        }
+    }
 
     // Step 2: the local step, batch by batch into each builder, then the
     // shuffled list chunk by chunk.
@@ -117,7 +139,9 @@ pub fn simulate_streaming<R: CryptoRng + ?Sized>(
         }
         shuffled.push(b.finish(rng)?);
     }
-    // Step 3: the blinding ring, chunk by chunk through every hop.
+    // Step 3: the blinding ring, chunk by chunk through every hop (no hop
+    // under keyed-prf: the owner's tags are final).
+    let mut length_tags = Vec::with_capacity(n);
     for (owner, list) in shuffled.iter().enumerate() {
         let mut prepared = PreparedList {
             points: Vec::new(),
@@ -132,7 +156,7 @@ pub fn simulate_streaming<R: CryptoRng + ?Sized>(
         let mut start = 0;
         // Each hop accepts the stream on the owner's length tag.
         let tags = nodes[owner].length_tags(list.len());
-        let mut streams = ring::route(owner, n)
+        let mut streams = encode::route(analysis.psi, owner, n)
             .into_iter()
             .map(|hop| Ok((hop, nodes[hop].open_reblind(owner, list.len(), &tags[hop])?)))
             .collect::<Result<Vec<_>, ProtocolError>>()?;
@@ -140,7 +164,7 @@ pub fn simulate_streaming<R: CryptoRng + ?Sized>(
             let (mut points, masked) = list.chunk(start, chunk);
             // Each chunk carries its sender's tag for the next hop.
             let mut tag = nodes[owner].chunk_tag(owner, start, &points);
-            start += (points.len() / POINT_LEN) as u64;
+            start += (points.len() / list.element_len()) as u64;
             prepared.points.extend_from_slice(&points);
             prepared.masked.values.extend_from_slice(&masked);
             for (hop, stream) in &mut streams {
@@ -155,6 +179,7 @@ pub fn simulate_streaming<R: CryptoRng + ?Sized>(
         }
         t.lists.push(prepared);
         t.finals.push(finals);
+        length_tags.push(tags);
     }
     drop(shuffled);
     // Steps 4–7 on the coordinator: match, DP dummies, sums, noise, pads.
@@ -168,7 +193,11 @@ pub fn simulate_streaming<R: CryptoRng + ?Sized>(
             continue;
         }
         let u = ring::unmasker(owner, n);
-        let req = plan.mask_sum_request(owner, list.len);
+        let length_tag = match analysis.psi {
+            crate::analysis::Psi::KeyedPrf => length_tags[owner][u].clone(),
+            crate::analysis::Psi::EcdhRing => Vec::new(),
+        };
+        let req = plan.mask_sum_request(owner, list.len, length_tag);
         t.received[u].push(Inbound::MaskSum(req.clone()));
         if let MaskShare::Sealed(s) = nodes[u].mask_sum(&req)? {
             t.sealed[owner] = Some(s);

@@ -33,8 +33,9 @@ pub fn write_table(dir: &Path, i: usize, keys: u64, common: u64) -> Result<PathB
 }
 
 /// The benchmark's analysis for `parties` parties: one row per key, the
-/// count and each party's `amount` summed over the intersection.
-pub fn analysis(parties: usize) -> String {
+/// count and each party's `amount` summed over the intersection, matched
+/// by `psi`.
+pub fn analysis(parties: usize, psi: cleanroom::Psi) -> String {
     let mut t = format!("name = \"bench\"\nrecipient = \"{}\"\n", party(parties - 1));
     let mut aggs = vec!["\"count\"".to_string()];
     for i in 0..parties {
@@ -45,7 +46,7 @@ pub fn analysis(parties: usize) -> String {
         aggs.push(format!("\"sum({}.amount)\"", party(i)));
     }
     t + &format!(
-        "[output]\naggregates = [{}]\n[privacy]\nmin_matched = 1\n",
+        "[output]\naggregates = [{}]\n[privacy]\nmin_matched = 1\n[protocol]\npsi = \"{psi}\"\n",
         aggs.join(", ")
     )
 }

@@ -1,14 +1,18 @@
 //! `cleanroom-coordinator bench`: the end-to-end benchmark researchers run
-//! with one line. For every party count and key count it writes the banks'
-//! tables as files, starts every node as its own `cleanroom-node serve`
-//! process over loopback mTLS, runs the coordinator as its own process, and
-//! records per run and per phase the wall time and, per process, CPU seconds
-//! and peak RSS, the bytes each node exchanged, and the crypto bound
-//! measured in the same run. It writes `results.csv`, `results.md`,
+//! with one line. For every party count, key count and matching protocol
+//! (`--protocol ecdh-ring,keyed-prf`) it writes the banks' tables as files,
+//! starts every node as its own `cleanroom-node serve` process over
+//! loopback mTLS, runs the coordinator as its own process, and records per
+//! run and per phase the wall time and, per process, CPU seconds and peak
+//! RSS, the bytes each node exchanged, and the run's bound measured in the
+//! same run: the curve arithmetic for ecdh-ring ([`bound`]); the SQL, the
+//! hashing and the transport for keyed-prf ([`io_bound`]). Both protocols
+//! run on the same tables. It writes `results.csv`, `results.md`,
 //! `time.svg` and `memory.svg` into the output directory.
 
 pub mod bound;
 pub mod data;
+pub mod io_bound;
 pub mod procs;
 pub mod report;
 
@@ -18,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
+use cleanroom::Psi;
 use cleanroom::session::os_rng;
 use cleanroom::share::IdentityKey;
 use cleanroom_node::Store;
@@ -34,6 +39,8 @@ pub struct BenchOptions {
     pub keys: Vec<u64>,
     /// Party counts, one run each.
     pub parties: Vec<usize>,
+    /// Matching protocols, one run each (same tables).
+    pub protocols: Vec<Psi>,
     /// Share of each party's keys common to all parties.
     pub overlap: f64,
     /// Output directory.
@@ -100,21 +107,24 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Vec<RunResult>> {
     let mut runs = Vec::new();
     for &p in &opts.parties {
         for &n in &opts.keys {
-            eprintln!("run: {p} parties × {} keys", data::label(n));
-            let mut r = run_one(opts, &exe, &node_bin, p, n, &cost)?;
-            r.cpu = cpu.clone();
-            eprintln!(
-                "  {:.2} s (bound {:.2} s, ratio {:.2})",
-                r.wall(),
-                r.bound,
-                r.wall() / r.bound
-            );
-            if let Some((name, t)) = &r.peer {
-                eprintln!("  {name}: {t:.2} s");
+            for &psi in &opts.protocols {
+                eprintln!("run: {psi}, {p} parties × {} keys", data::label(n));
+                let mut r = run_one(opts, &exe, &node_bin, p, n, psi, &cost)?;
+                r.cpu = cpu.clone();
+                eprintln!(
+                    "  {:.2} s ({} bound {:.2} s, ratio {:.2})",
+                    r.wall(),
+                    r.bound_kind,
+                    r.bound,
+                    r.wall() / r.bound
+                );
+                if let Some((name, t)) = &r.peer {
+                    eprintln!("  {name}: {t:.2} s");
+                }
+                runs.push(r);
+                // Keep what is done, should a later run fail.
+                report::write_csv(&opts.out.join("results.csv"), &runs)?;
             }
-            runs.push(r);
-            // Keep what is done, should a later run fail.
-            report::write_csv(&opts.out.join("results.csv"), &runs)?;
         }
     }
     report::plot(&opts.out, &runs)?;
@@ -147,12 +157,13 @@ fn run_one(
     node_bin: &Path,
     parties: usize,
     keys: u64,
+    psi: Psi,
     cost: &CryptoCost,
 ) -> Result<RunResult> {
     let dir = opts
         .out
         .join("runs")
-        .join(format!("{parties}p-{}", data::label(keys)));
+        .join(format!("{parties}p-{}-{psi}", data::label(keys)));
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
@@ -172,7 +183,7 @@ fn run_one(
         std::fs::write(dir.join(format!("{n}.key")), k.to_hex())?;
         publics.insert(n.clone(), k.public().to_hex());
     }
-    let analysis = data::analysis(parties);
+    let analysis = data::analysis(parties, psi);
     std::fs::write(dir.join("analysis.toml"), &analysis)?;
     let mut procs: Vec<Proc> = Vec::new();
     let mut targets = Vec::new();
@@ -298,20 +309,35 @@ fn run_one(
         })
         .collect();
     drop(procs);
-    let peer = if opts.peers && parties == 2 {
+    // The bound, measured now that the run's processes are gone.
+    let (bound, bound_kind) = match psi {
+        Psi::EcdhRing => (cost.bound(parties, keys), "crypto"),
+        Psi::KeyedPrf => {
+            eprintln!("  measuring the I/O bound (SQL + hashing + transport) ...");
+            let parsed = cleanroom::Analysis::parse(&analysis)?;
+            let io = io_bound::IoBound::measure(&parsed, &tables, &dir.join("certs"))?;
+            eprintln!(
+                "  SQL {:.2} s + hashing {:.2} s + transport {:.2} s",
+                io.sql, io.hashing, io.transport
+            );
+            (io.total(), "io")
+        }
+    };
+    let peer = if opts.peers && parties == 2 && psi == opts.protocols[0] {
         Some(run_peer(opts, &tables, &dir)?)
     } else {
         None
     };
     Ok(RunResult {
         cpu: String::new(),
-        protocol: "ecdh-ring".into(),
+        protocol: psi.name().into(),
         parties,
         keys,
         overlap: opts.overlap,
         phases,
         traffic,
-        bound: cost.bound(parties, keys),
+        bound,
+        bound_kind: bound_kind.into(),
         peer,
     })
 }

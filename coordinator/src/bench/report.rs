@@ -47,8 +47,11 @@ pub struct RunResult {
     pub phases: Vec<PhaseResult>,
     /// Bytes each node sent to / received from the coordinator.
     pub traffic: Vec<(String, u64, u64)>,
-    /// The crypto bound, seconds.
+    /// The run's bound, seconds, measured in the same run.
     pub bound: f64,
+    /// Which bound: `crypto` (ecdh-ring: curve arithmetic alone) or `io`
+    /// (keyed-prf: SQL + hashing + transport alone).
+    pub bound_kind: String,
     /// A peer's time on the same keys (name, seconds), if run.
     pub peer: Option<(String, f64)>,
 }
@@ -83,7 +86,7 @@ impl RunResult {
 }
 
 /// The CSV's columns.
-pub const COLUMNS: [&str; 18] = [
+pub const COLUMNS: [&str; 19] = [
     "cpu",
     "protocol",
     "parties",
@@ -98,6 +101,7 @@ pub const COLUMNS: [&str; 18] = [
     "bytes_sent",
     "bytes_received",
     "bound_s",
+    "bound_kind",
     "measured_over_bound",
     "peer",
     "peer_s",
@@ -134,7 +138,7 @@ pub fn write_csv(path: &Path, runs: &[RunResult]) -> Result<()> {
                         .fold((0, 0), |(a, b), t| (a + t.1, b + t.2));
                     (a.to_string(), b.to_string())
                 };
-                let (bound, ratio, peer, peer_s, peer_ratio) = if total {
+                let (bound, kind, ratio, peer, peer_s, peer_ratio) = if total {
                     let (peer, peer_s, peer_ratio) = match &r.peer {
                         Some((n, t)) => {
                             (n.clone(), format!("{t:.3}"), format!("{:.3}", t / r.wall()))
@@ -142,7 +146,8 @@ pub fn write_csv(path: &Path, runs: &[RunResult]) -> Result<()> {
                         None => Default::default(),
                     };
                     (
-                        format!("{:.3}", r.bound),
+                        format!("{:.6}", r.bound),
+                        r.bound_kind.clone(),
                         format!("{:.3}", ph.wall / r.bound),
                         peer,
                         peer_s,
@@ -153,7 +158,7 @@ pub fn write_csv(path: &Path, runs: &[RunResult]) -> Result<()> {
                 };
                 let _ = writeln!(
                     s,
-                    "{},{},{},{},{},{},{},{:.3},{:.3},{},{:.1},{},{},{},{},{},{},{}",
+                    "{},{},{},{},{},{},{},{:.6},{:.3},{},{:.1},{},{},{},{},{},{},{},{}",
                     csv(&r.cpu),
                     r.protocol,
                     r.parties,
@@ -168,6 +173,7 @@ pub fn write_csv(path: &Path, runs: &[RunResult]) -> Result<()> {
                     sent,
                     received,
                     bound,
+                    kind,
                     ratio,
                     peer,
                     peer_s,
@@ -224,7 +230,7 @@ fn range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
 pub fn plot(dir: &Path, runs: &[RunResult]) -> Result<()> {
     line_plot(
         &dir.join("time.svg"),
-        "end-to-end time (solid) and crypto bound (dashed)",
+        "end-to-end time (solid) and bound (dashed: crypto for ecdh-ring, I/O for keyed-prf)",
         "seconds",
         &series(runs, RunResult::wall),
         &series(runs, |r| r.bound),
@@ -292,23 +298,24 @@ fn line_plot(
 pub fn markdown(runs: &[RunResult]) -> String {
     let peers = runs.iter().any(|r| r.peer.is_some());
     let mut s = String::from(
-        "| protocol | parties | keys per party | wall s | bound s | measured/bound | node peak RSS B/row | coordinator B/row | MB per node (sent+received) |",
+        "| protocol | parties | keys per party | wall s | bound | bound s | measured/bound | node peak RSS B/row | coordinator B/row | MB per node (sent+received) |",
     );
     s += if peers {
-        " peer | peer s | peer/cleanroom |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        " peer | peer s | peer/cleanroom |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     } else {
-        "\n|---|---|---|---|---|---|---|---|---|\n"
+        "\n|---|---|---|---|---|---|---|---|---|---|\n"
     };
     for r in runs {
         let (n, c) = r.rss_per_row();
         let bytes = r.traffic.iter().map(|t| t.1 + t.2).max().unwrap_or(0);
         let _ = write!(
             s,
-            "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} |",
+            "| {} | {} | {} | {:.2} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} |",
             r.protocol,
             r.parties,
             super::data::label(r.keys),
             r.wall(),
+            r.bound_kind,
             r.bound,
             r.wall() / r.bound,
             n,
@@ -322,6 +329,21 @@ pub fn markdown(runs: &[RunResult]) -> String {
             };
         }
         s.push('\n');
+    }
+    // Protocol against protocol, same parties and keys, same run.
+    for r in runs.iter().filter(|r| r.protocol == "keyed-prf") {
+        if let Some(ring) = runs
+            .iter()
+            .find(|o| o.protocol == "ecdh-ring" && o.parties == r.parties && o.keys == r.keys)
+        {
+            let _ = writeln!(
+                s,
+                "\n{} parties × {} keys: keyed-prf {:.1}× faster than ecdh-ring end to end.",
+                r.parties,
+                super::data::label(r.keys),
+                ring.wall() / r.wall()
+            );
+        }
     }
     s
 }
