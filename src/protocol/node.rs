@@ -170,6 +170,16 @@ impl NodeSession {
                 .ok_or_else(|| ProtocolError::MissingPeerKey(name(i).to_string()))?;
             Ok(PairwiseSecret::derive(identity, pk, &sid)?)
         };
+        // One DH per peer, in ring order (so every node pins every peer's
+        // identity key); every key of the session derives from these.
+        let secrets = (0..n)
+            .map(|i| (i != me_idx).then(|| secret_with(i)).transpose())
+            .collect::<Result<Vec<_>, _>>()?;
+        let secret_with = |i: usize| {
+            secrets[i]
+                .as_ref()
+                .ok_or_else(|| ProtocolError::Violation("no pairwise secret with oneself".into()))
+        };
         let unmasker = ring::unmasker(me_idx, n);
         let pred = ring::unmasked_list(me_idx, n);
         let own_seed = secret_with(unmasker)?.mask_seed(&hash.0, me, name(unmasker));
@@ -191,20 +201,17 @@ impl NodeSession {
                 });
             }
         }
-        // Length keys with every other party (so every node pins every
-        // peer's identity key).
-        let mut length_out = Vec::with_capacity(n);
-        let mut length_in = Vec::with_capacity(n);
-        for j in 0..n {
-            if j == me_idx {
-                length_out.push(None);
-                length_in.push(None);
-            } else {
-                let s = secret_with(j)?;
-                length_out.push(Some(s.length_key(&hash.0, me, name(j))));
-                length_in.push(Some(s.length_key(&hash.0, name(j), me)));
-            }
-        }
+        // Length keys with every other party.
+        let length_out = secrets
+            .iter()
+            .enumerate()
+            .map(|(j, s)| s.as_ref().map(|s| s.length_key(&hash.0, me, name(j))))
+            .collect();
+        let length_in = secrets
+            .iter()
+            .enumerate()
+            .map(|(j, s)| s.as_ref().map(|s| s.length_key(&hash.0, name(j), me)))
+            .collect();
         // Chunk keys with the ring neighbours: every list moves from a
         // node to its successor (through the coordinator).
         let (succ, pred_node) = ((me_idx + 1) % n, (me_idx + n - 1) % n);
