@@ -11,6 +11,7 @@
 //! that seals a mask sum for the recipient (see [`SealKey`]), so the
 //! coordinator relays mask sums without being able to read them.
 
+use chacha20::ChaCha20Rng;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
@@ -18,8 +19,6 @@ use curve25519_dalek::scalar::Scalar;
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use rand::{CryptoRng, Rng, SeedableRng};
-use rand_chacha::ChaCha20Rng;
-use rayon::prelude::*;
 use sha2::Sha256;
 use thiserror::Error;
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -374,8 +373,20 @@ impl ChunkKey {
 }
 
 /// Seed of the masking PRG for one list in one session. Zeroized on drop.
+///
+/// The PRG is one ChaCha20 keystream keyed by the seed (stream 0, 64-bit
+/// block counter, [`chacha20::ChaCha20Rng`]), read as little-endian `u64`
+/// words: the mask of value `f` of row `j` in a list `width` values wide is
+/// word `width·j + f`. Every word of every row is a distinct keystream word,
+/// so masks are independent and uniform to anyone without the seed; a
+/// chunk of consecutive rows is one stretch of keystream (one ChaCha20
+/// block per 8 words), and any row is reached directly by seeking.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct MaskSeed([u8; 32]);
+
+/// Words skipped by reading rather than by seeking (a seek regenerates the
+/// PRG's 4-block buffer).
+const SKIP_BY_READING: u64 = 32;
 
 impl MaskSeed {
     /// A seed from raw bytes (tests and simulations).
@@ -383,15 +394,11 @@ impl MaskSeed {
         MaskSeed(b)
     }
 
-    /// Writes the mask of row `position` (one `u64` per feature) into `out`.
-    /// ChaCha20 keyed by the seed, with the row position as the stream id, so
-    /// any row's mask is computed directly.
-    pub fn row_mask(&self, position: u64, out: &mut [u64]) {
+    /// The PRG at the first word of row `position` (zeroized on drop).
+    fn prg_at(&self, position: u64, width: usize) -> ChaCha20Rng {
         let mut rng = ChaCha20Rng::from_seed(self.0);
-        rng.set_stream(position);
-        for v in out {
-            *v = rng.next_u64();
-        }
+        rng.set_word_pos(2 * u128::from(position) * width as u128);
+        rng
     }
 
     /// Masks a flat feature matrix (`width` values per row, row `j` at
@@ -401,24 +408,20 @@ impl MaskSeed {
     }
 
     /// [`MaskSeed::mask_rows`] for a chunk whose first row is at position
-    /// `first` of the list.
+    /// `first` of the list: one stretch of keystream.
     pub fn mask_rows_from(&self, values: &mut [u64], width: usize, first: u64) {
-        if width == 0 {
+        if width == 0 || values.is_empty() {
             return;
         }
-        values.par_chunks_mut(width).enumerate().for_each_init(
-            || vec![0u64; width],
-            |m, (j, row)| {
-                self.row_mask(first + j as u64, m);
-                for (v, m) in row.iter_mut().zip(m.iter()) {
-                    *v = v.wrapping_add(*m);
-                }
-            },
-        );
+        let mut rng = self.prg_at(first, width);
+        for v in values {
+            *v = v.wrapping_add(rng.next_u64());
+        }
     }
 
     /// Sum of the masks of the given rows, mod 2^64. Positions must be
-    /// distinct and below `len` (the list length).
+    /// strictly ascending and below `len` (the list length). Reads the
+    /// keystream forward, seeking only over gaps.
     pub fn mask_sum(
         &self,
         positions: &[u64],
@@ -427,10 +430,25 @@ impl MaskSeed {
     ) -> Result<Vec<u64>, ShareError> {
         check_positions(positions, len)?;
         let mut sum = vec![0u64; width];
-        let mut m = vec![0u64; width];
+        if width == 0 || positions.is_empty() {
+            return Ok(sum);
+        }
+        let mut rng = self.prg_at(positions[0], width);
+        // The row whose first word the PRG reads next.
+        let mut next = positions[0];
         for &p in positions {
-            self.row_mask(p, &mut m);
-            add_assign(&mut sum, &m);
+            let gap = (p - next).saturating_mul(width as u64);
+            if gap > SKIP_BY_READING {
+                rng.set_word_pos(2 * u128::from(p) * width as u128);
+            } else {
+                for _ in 0..gap {
+                    rng.next_u64();
+                }
+            }
+            for s in sum.iter_mut() {
+                *s = s.wrapping_add(rng.next_u64());
+            }
+            next = p + 1;
         }
         Ok(sum)
     }
@@ -569,6 +587,74 @@ mod tests {
             .unwrap()
             .mask_seed(&h, "b", "a");
         assert_ne!(other.mask_sum(&positions, width, 10).unwrap(), m);
+    }
+
+    #[test]
+    fn masks_are_one_keystream_read_in_any_order() {
+        let s = MaskSeed::from_bytes([5; 32]);
+        for width in [1usize, 2, 3, 7, 40] {
+            let rows = 300u64;
+            let mut whole = vec![0u64; rows as usize * width];
+            s.mask_rows(&mut whole, width);
+            // Chunk by chunk, and row by row, give the same masks.
+            for first in [0u64, 1, 17, 299] {
+                let mut part = vec![0u64; (rows - first).min(9) as usize * width];
+                s.mask_rows_from(&mut part, width, first);
+                let at = first as usize * width;
+                assert_eq!(part, whole[at..at + part.len()]);
+                let mut one = vec![0u64; width];
+                s.mask_rows_from(&mut one, width, first);
+                assert_eq!(one, whole[at..at + width]);
+            }
+            // Sums over dense, sparse and mixed positions (reading forward
+            // and seeking) equal the sums of the rows.
+            let sets: [Vec<u64>; 6] = [
+                (0..rows).collect(),
+                (0..rows).step_by(97).collect(),
+                vec![0, 1, 2, 40, 41, 200, 299],
+                vec![298],
+                // Gaps of a few words: skipped by reading.
+                vec![3, 5, 20, 21, 50],
+                (0..rows).step_by(3).collect(),
+            ];
+            for ps in sets {
+                let mut want = vec![0u64; width];
+                for &p in &ps {
+                    let at = p as usize * width;
+                    add_assign(&mut want, &whole[at..at + width]);
+                }
+                assert_eq!(
+                    s.mask_sum(&ps, width, rows).unwrap(),
+                    want,
+                    "{width} {ps:?}"
+                );
+            }
+            // Distinct rows and values get distinct words.
+            let mut sorted = whole.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), whole.len());
+        }
+        assert_eq!(s.mask_sum(&[], 2, 5).unwrap(), vec![0, 0]);
+        assert_eq!(s.mask_sum(&[1], 0, 5).unwrap(), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn masks_are_the_chacha20_keystream() {
+        // RFC 8439, A.1, test vectors 1 and 2 (all-zero key and nonce,
+        // blocks 0 and 1): the keystream as little-endian 64-bit words.
+        let word = |h: &str| u64::from_le_bytes(hex::decode(h).unwrap().try_into().unwrap());
+        let s = MaskSeed::from_bytes([0; 32]);
+        let mut m = vec![0u64; 9];
+        s.mask_rows(&mut m, 1);
+        assert_eq!(m[0], word("76b8e0ada0f13d90"));
+        assert_eq!(m[1], word("405d6ae55386bd28"));
+        assert_eq!(m[8], word("9f07e7be5551387a"));
+        // Row 4 of a 2-wide list is words 8 and 9.
+        let mut row = vec![0u64; 2];
+        s.mask_rows_from(&mut row, 2, 4);
+        assert_eq!(row[0], m[8]);
+        assert_eq!(s.mask_sum(&[4], 2, 5).unwrap(), row);
     }
 
     #[test]

@@ -10,10 +10,12 @@
 //! Memory per key of the node's own list: `e·copies` bytes of elements (`e`
 //! the element length), `8·w`
 //! bytes of features and 4 bytes of permutation (`copies` is the number of
-//! groups for a non-grouping party of a grouped analysis, else 1).
+//! groups for a non-grouping party of a grouped analysis, else 1); while
+//! the duplicate check runs, `e` bytes more (the elements it sorts).
 
-use rand::CryptoRng;
+use chacha20::ChaCha20Rng;
 use rand::seq::SliceRandom;
+use rand::{CryptoRng, Rng, SeedableRng};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
@@ -236,21 +238,16 @@ impl<'s> ListBuilder<'s> {
         }
         let el = self.session.encoder.element_len();
         let duplicate = if self.key_digests.is_empty() {
-            // Equal keys give equal elements: sort the keys by (first copy)
-            // element.
-            let point = |k: usize| {
-                let at = k * self.copies * el;
-                &self.points[at..at + el]
-            };
-            let mut order: Vec<u32> = (0..self.keys as u32).collect();
-            order.par_sort_unstable_by(|&a, &b| point(a as usize).cmp(point(b as usize)));
-            order
-                .windows(2)
-                .any(|w| point(w[0] as usize) == point(w[1] as usize))
+            // Equal keys give equal elements: the (first copy's) elements,
+            // copied out and sorted.
+            let firsts = self.points.chunks_exact(self.copies * el);
+            match el {
+                16 => super::matching::any_repeat(&self.points, self.copies * el, el),
+                32 => has_repeat(firsts.map(|p| (word(&p[..16]), word(&p[16..32]))).collect()),
+                _ => has_repeat(firsts.map(|p| &p[..el]).collect()),
+            }
         } else {
-            let mut digests = std::mem::take(&mut self.key_digests);
-            digests.par_sort_unstable();
-            digests.windows(2).any(|w| w[0] == w[1])
+            has_repeat(std::mem::take(&mut self.key_digests))
         };
         if duplicate {
             return Err(ProtocolError::DuplicateKey { party });
@@ -267,6 +264,13 @@ impl<'s> ListBuilder<'s> {
             return Err(ProtocolError::ListTooLong { party });
         }
         // Dummy keys: random, with a tag no real key has.
+        // The padding's keys and the shuffle come from a ChaCha20 generator
+        // seeded here from `rng` (the OS's, in a node): one system call
+        // instead of one per row, and zeroized when the list is built.
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        seed.zeroize();
         let mut dummy_keys = vec![0u8; ((total - real) * 33) as usize];
         for k in dummy_keys.chunks_exact_mut(33) {
             k[0] = TAG_DUMMY;
@@ -282,7 +286,7 @@ impl<'s> ListBuilder<'s> {
             points.extend_from_slice(&self.session.encoder.encode(part)?);
         }
         let mut perm: Vec<u32> = (0..total as u32).collect();
-        perm.shuffle(rng);
+        perm.shuffle(&mut rng);
         let groups = self.session.layout.groups() as u64;
         let block = dp_rows / groups;
         let mut blocks = vec![Vec::new(); groups as usize];
@@ -313,6 +317,19 @@ impl<'s> ListBuilder<'s> {
     }
 }
 
+/// 16 bytes of an element as a number (for sorting only).
+fn word(b: &[u8]) -> u128 {
+    let mut w = [0u8; 16];
+    w.copy_from_slice(b);
+    u128::from_le_bytes(w)
+}
+
+/// Whether any value repeats (sorts `v` on all cores).
+fn has_repeat<T: Ord + Send>(mut v: Vec<T>) -> bool {
+    v.par_sort_unstable();
+    v.windows(2).any(|w| w[0] == w[1])
+}
+
 /// A node's own list after the shuffle, ready to be sent chunk by chunk.
 /// Holds the list's mask seed (zeroized when dropped).
 pub struct ShuffledList {
@@ -336,8 +353,10 @@ pub struct ShuffledList {
 
 impl Drop for ShuffledList {
     fn drop(&mut self) {
-        // The bank's clamped plaintext features.
+        // The bank's clamped plaintext features, and the permutation
+        // (with the matched positions, it would say which rows matched).
         self.features.zeroize();
+        self.perm.zeroize();
     }
 }
 

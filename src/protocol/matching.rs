@@ -1,12 +1,37 @@
 //! Step 4: the coordinator finds the points present in every final list.
 //!
-//! Memory is bounded and allocated up front: one hash table over the
-//! shortest list (its points borrowed, not copied), sized to that list, and
-//! one `u32` per row of it for each other list. No allocation per point.
+//! A partitioned hash join on all cores: every list is split by a keyed
+//! hash of its points into partitions of about [`PART_ROWS`] rows of the
+//! shortest list (each point copied as two words with its `u32` position,
+//! 24 bytes a row, no other copy); then each partition builds a small table over the
+//! shortest list's part and probes the other lists' parts against it, in
+//! cache. Memory: 24 bytes per row of every list, and per partition being
+//! worked on a table and one `u32` per row of the shortest list's part for
+//! each other list. Both hashes (the split and the tables) are foldhash
+//! under seeds drawn from the OS per run, so a bank that crafts its points
+//! (without ever seeing a hash) cannot steer them into one partition or make
+//! lookups collide.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
+
+use foldhash::SharedSeed;
+use foldhash::quality::SeedableRandomState;
+use rand::Rng;
+use rayon::prelude::*;
 
 use super::ProtocolError;
+use crate::session::os_rng;
+
+/// foldhash keyed from the OS's generator: the process-wide part drawn once,
+/// the per-hasher part per run (foldhash's own `RandomState` seeds from
+/// address-space layout only).
+fn keyed_hasher() -> SeedableRandomState {
+    static SHARED: OnceLock<SharedSeed> = OnceLock::new();
+    let shared = SHARED.get_or_init(|| SharedSeed::from_u64(os_rng().next_u64()));
+    SeedableRandomState::with_seed(os_rng().next_u64(), shared)
+}
 
 /// The intersection: per list, the positions (ascending) of matched keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,10 +45,125 @@ pub struct Matches {
 
 const NONE: u32 = u32::MAX;
 
+/// Rows of the shortest list per partition (its table then fits in cache).
+pub const PART_ROWS: usize = 4096;
+
+/// A point (at most 16 bytes, as two words) and its position in its list.
+#[derive(Clone, Copy)]
+struct Entry {
+    point: [u64; 2],
+    at: u32,
+}
+
+/// A point of at most 16 bytes as two words (one-to-one for a given
+/// length).
+fn words(p: &[u8]) -> [u64; 2] {
+    let mut w = [0u8; 16];
+    w[..p.len()].copy_from_slice(p);
+    let (lo, hi) = w.split_at(8);
+    [
+        u64::from_le_bytes(lo.try_into().unwrap_or_default()),
+        u64::from_le_bytes(hi.try_into().unwrap_or_default()),
+    ]
+}
+
+/// Splits a list of `stride`-byte rows into `parts` (a power of two)
+/// partitions by `split`'s hash of each row's point (its first `point_len`
+/// bytes), positions ascending within each (two passes over the list,
+/// nothing allocated but the partitions).
+fn partition(
+    list: &[u8],
+    stride: usize,
+    point_len: usize,
+    parts: usize,
+    split: &SeedableRandomState,
+) -> Vec<Vec<Entry>> {
+    let shift = 64 - parts.trailing_zeros();
+    let part = |w: &[u64; 2]| {
+        if parts == 1 {
+            0
+        } else {
+            (split.hash_one(w) >> shift) as usize
+        }
+    };
+    let mut sizes = vec![0usize; parts];
+    for p in list.chunks_exact(stride) {
+        sizes[part(&words(&p[..point_len]))] += 1;
+    }
+    let mut out: Vec<Vec<Entry>> = sizes.iter().map(|&n| Vec::with_capacity(n)).collect();
+    for (at, p) in list.chunks_exact(stride).enumerate() {
+        let point = words(&p[..point_len]);
+        out[part(&point)].push(Entry {
+            point,
+            at: at as u32,
+        });
+    }
+    out
+}
+
+/// Whether the point (first `point_len` bytes, 1 to 16) of any two rows of
+/// `rows` (`stride` bytes each, `stride ≥ point_len`) is the same: the
+/// node's duplicate check, partitioned like the matching, on all cores.
+pub fn any_repeat(rows: &[u8], stride: usize, point_len: usize) -> bool {
+    assert!(
+        (1..=16).contains(&point_len) && stride >= point_len,
+        "any_repeat: points of 1 to 16 bytes within their rows"
+    );
+    let parts = (rows.len() / stride / PART_ROWS).max(1).next_power_of_two();
+    let parted = partition(rows, stride, point_len, parts, &keyed_hasher());
+    let tables = keyed_hasher();
+    parted.par_iter().any(|part| {
+        let mut seen = HashSet::with_capacity_and_hasher(part.len(), tables.clone());
+        part.iter().any(|e| !seen.insert(e.point))
+    })
+}
+
+/// Joins one partition: the matched rows, flat, each as the position in
+/// the base list then the positions in `others` (in order); or the index
+/// of the list that repeats a point.
+fn join(
+    base: &[Entry],
+    others: &[&[Entry]],
+    hasher: &SeedableRandomState,
+) -> Result<Vec<u32>, usize> {
+    let k = others.len();
+    let mut index: HashMap<[u64; 2], u32, SeedableRandomState> =
+        HashMap::with_capacity_and_hasher(base.len(), hasher.clone());
+    for (local, e) in base.iter().enumerate() {
+        if index.insert(e.point, local as u32).is_some() {
+            return Err(k);
+        }
+    }
+    if k == 0 {
+        return Ok(base.iter().map(|e| e.at).collect());
+    }
+    // found[local * k + o]: position in other list `o` of base row `local`.
+    let mut found = vec![NONE; base.len() * k];
+    for (o, list) in others.iter().enumerate() {
+        for e in list.iter() {
+            if let Some(&local) = index.get(&e.point) {
+                let slot = &mut found[local as usize * k + o];
+                if *slot != NONE {
+                    return Err(o);
+                }
+                *slot = e.at;
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (e, f) in base.iter().zip(found.chunks_exact(k.max(1))) {
+        if f.iter().all(|&x| x != NONE) {
+            rows.push(e.at);
+            rows.extend_from_slice(f);
+        }
+    }
+    Ok(rows)
+}
+
 /// Intersects the final (fully blinded, possibly truncated) lists. `names`
-/// labels errors; `point_len` is the width of each point in bytes. A point
-/// repeated in the indexed list, or matched twice from another list, is an
-/// error naming the list.
+/// labels errors; `point_len` is the width of each point in bytes (1 to
+/// 16; final points are 16). A point repeated in the shortest list, or
+/// matched twice from another list, is an error naming the list.
 pub fn match_lists(
     lists: &[&[u8]],
     point_len: usize,
@@ -32,6 +172,7 @@ pub fn match_lists(
     let n = lists.len();
     for (i, l) in lists.iter().enumerate() {
         if point_len == 0
+            || point_len > 16
             || !l.len().is_multiple_of(point_len)
             || l.len() / point_len >= NONE as usize
         {
@@ -41,44 +182,59 @@ pub fn match_lists(
             )));
         }
     }
+    let mut positions = vec![Vec::new(); n];
+    if n == 0 {
+        return Ok(Matches {
+            count: 0,
+            positions,
+        });
+    }
     // Index the shortest list; probe the others against it.
     let base = (0..n).min_by_key(|&i| lists[i].len()).unwrap_or(0);
-    let base_len = lists[base].len() / point_len;
-    let mut index: HashMap<&[u8], u32> = HashMap::with_capacity(base_len);
-    for (j, p) in lists[base].chunks_exact(point_len).enumerate() {
-        if index.insert(p, j as u32).is_some() {
-            return Err(ProtocolError::RepeatedPoint(names[base].to_string()));
-        }
-    }
-    // found[k][j]: position in the k-th other list of base row j.
     let others: Vec<usize> = (0..n).filter(|&i| i != base).collect();
-    let mut found = vec![vec![NONE; base_len]; others.len()];
-    for (k, &i) in others.iter().enumerate() {
-        for (j, p) in lists[i].chunks_exact(point_len).enumerate() {
-            if let Some(&b) = index.get(p) {
-                let slot = &mut found[k][b as usize];
-                if *slot != NONE {
-                    return Err(ProtocolError::RepeatedPoint(names[i].to_string()));
-                }
-                *slot = j as u32;
-            }
-        }
+    let base_len = lists[base].len() / point_len;
+    if base_len == 0 {
+        return Ok(Matches {
+            count: 0,
+            positions,
+        });
     }
-    drop(index);
-    let mut positions = vec![Vec::new(); n];
+    let parts = (base_len / PART_ROWS).max(1).next_power_of_two();
+    let (split, tables) = (keyed_hasher(), keyed_hasher());
+    let parted: Vec<Vec<Vec<Entry>>> = lists
+        .par_iter()
+        .map(|l| partition(l, point_len, point_len, parts, &split))
+        .collect();
+    let joined: Vec<Result<Vec<u32>, usize>> = (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let theirs: Vec<&[Entry]> = others.iter().map(|&i| parted[i][p].as_slice()).collect();
+            join(&parted[base][p], &theirs, &tables)
+        })
+        .collect();
+    drop(parted);
+    // The first error by list: the shortest list's own repeat first, then
+    // the other lists in order (whatever partition found it).
+    if let Some(o) = joined
+        .iter()
+        .filter_map(|r| r.as_ref().err().copied())
+        .min_by_key(|&o| (o != others.len(), o))
+    {
+        let list = others.get(o).copied().unwrap_or(base);
+        return Err(ProtocolError::RepeatedPoint(names[list].to_string()));
+    }
+    let width = others.len() + 1;
     let mut count = 0;
-    for j in 0..base_len {
-        if found.iter().all(|f| f[j] != NONE) {
+    for rows in joined.into_iter().flatten() {
+        for row in rows.chunks_exact(width) {
             count += 1;
-            positions[base].push(j as u64);
-            for (k, &i) in others.iter().enumerate() {
-                positions[i].push(found[k][j] as u64);
+            positions[base].push(u64::from(row[0]));
+            for (&i, &at) in others.iter().zip(&row[1..]) {
+                positions[i].push(u64::from(at));
             }
         }
     }
-    for p in &mut positions {
-        p.sort_unstable();
-    }
+    positions.par_iter_mut().for_each(|p| p.sort_unstable());
     Ok(Matches { count, positions })
 }
 
@@ -115,5 +271,101 @@ mod tests {
         ));
         let empty = match_lists(&[&[], &[1u8]], 1, &["a", "b"]).unwrap();
         assert_eq!(empty.count, 0);
+        let one = match_lists(&[&[5u8, 6, 7]], 1, &["a"]).unwrap();
+        assert_eq!((one.count, one.positions), (3, vec![vec![0, 1, 2]]));
+    }
+
+    #[test]
+    fn repeats_are_found_in_strided_rows() {
+        let rows: Vec<u8> = (0..3 * PART_ROWS as u32)
+            .flat_map(|i| {
+                let mut r = [0xAAu8; 20];
+                r[..4].copy_from_slice(&i.to_le_bytes());
+                r
+            })
+            .collect();
+        assert!(!any_repeat(&rows, 20, 16));
+        assert!(!any_repeat(&rows, 20, 4));
+        // Bytes outside the point do not count; bytes inside do.
+        assert!(any_repeat(&rows, 20, 1));
+        let mut again = rows.clone();
+        again.extend_from_slice(&rows[20 * 77..20 * 78]);
+        assert!(any_repeat(&again, 20, 16));
+        assert!(!any_repeat(&[], 16, 16));
+    }
+
+    /// The plain intersection, by sorting: positions per list, ascending.
+    fn reference(lists: &[Vec<[u8; 16]>]) -> Vec<Vec<u64>> {
+        use std::collections::BTreeSet;
+        let sets: Vec<BTreeSet<[u8; 16]>> =
+            lists.iter().map(|l| l.iter().copied().collect()).collect();
+        let common: BTreeSet<[u8; 16]> = lists[0]
+            .iter()
+            .filter(|p| sets.iter().all(|s| s.contains(*p)))
+            .copied()
+            .collect();
+        lists
+            .iter()
+            .map(|l| {
+                (0..l.len() as u64)
+                    .filter(|&j| common.contains(&l[j as usize]))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn many_partitions_give_the_plain_intersection() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+        let mut point = || {
+            let mut p = [0u8; 16];
+            rng.fill_bytes(&mut p);
+            p
+        };
+        // Three lists of different lengths (several partitions each), a
+        // shared part, parts shared by two only, and one list whose
+        // points differ only in the high bytes.
+        let shared: Vec<[u8; 16]> = (0..3000).map(|_| point()).collect();
+        let pair: Vec<[u8; 16]> = (0..2000).map(|_| point()).collect();
+        let mut a: Vec<[u8; 16]> = shared.iter().chain(&pair).copied().collect();
+        a.extend((0..4 * PART_ROWS).map(|_| point()));
+        let mut b: Vec<[u8; 16]> = pair.iter().chain(&shared).copied().collect();
+        b.extend((0..3 * PART_ROWS).map(|_| point()));
+        let mut c: Vec<[u8; 16]> = (0..5 * PART_ROWS).map(|_| point()).collect();
+        c.extend(shared.iter().rev().step_by(2));
+        for l in [&mut a, &mut b, &mut c] {
+            // A fixed shuffle per list.
+            for i in (1..l.len()).rev() {
+                let j = (point()[0] as usize * 256 + point()[1] as usize) % (i + 1);
+                l.swap(i, j);
+            }
+        }
+        let lists = vec![a, b, c];
+        let flat: Vec<Vec<u8>> = lists.iter().map(|l| l.concat()).collect();
+        let refs: Vec<&[u8]> = flat.iter().map(|l| l.as_slice()).collect();
+        let m = match_lists(&refs, 16, &["a", "b", "c"]).unwrap();
+        let want = reference(&lists);
+        assert_eq!(m.count, 1500);
+        assert_eq!(m.positions, want);
+        let two = match_lists(&refs[..2], 16, &["a", "b"]).unwrap();
+        assert_eq!(two.count, 5000);
+        assert_eq!(two.positions, reference(&lists[..2]));
+        // Repeats: in the shortest list, always named first.
+        let mut shortest = lists[1].clone();
+        shortest.push(shortest[10]);
+        let mut other = lists[0].clone();
+        other.push(shared[0]);
+        let (s, o) = (shortest.concat(), other.concat());
+        for _ in 0..5 {
+            assert!(matches!(
+                match_lists(&[&o, &s], 16, &["a", "b"]),
+                Err(ProtocolError::RepeatedPoint(p)) if p == "b"
+            ));
+        }
+        assert!(matches!(
+            match_lists(&[&o, &flat[1]], 16, &["a", "b"]),
+            Err(ProtocolError::RepeatedPoint(p)) if p == "a"
+        ));
     }
 }

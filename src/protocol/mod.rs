@@ -35,7 +35,7 @@ pub use aggregate::{
 };
 pub use group::Layout;
 pub use local::{ListBuilder, RowBatch, ShuffledList};
-pub use matching::{Matches, match_lists};
+pub use matching::{Matches, any_repeat, match_lists};
 pub use node::{MaskShare, MaskedList, NodeSession, PeerKeys, PreparedList, ReblindStream};
 pub use simulate::{Inbound, SimulationOutcome, Transcript, simulate, simulate_streaming};
 
