@@ -312,6 +312,30 @@ fn grouping_party_duplicate_key_in_two_groups_is_refused() {
     );
 }
 
+/// A non-grouping party sends each key once per group (the copies side by
+/// side in its list); a key it returns twice is still refused, under either
+/// matching protocol (the duplicate check reads each key's first copy).
+#[test]
+fn non_grouping_party_duplicate_key_is_refused_under_both_protocols() {
+    for psi in ["ecdh-ring", "keyed-prf"] {
+        let a = grouped(&format!("min_matched = 0\n[protocol]\npsi = \"{psi}\""), 2);
+        assert!(
+            simulate(&a, &grouped_inputs(2, &[0..10, 0..10]), &mut os_rng()).is_ok(),
+            "{psi}"
+        );
+        let mut inp = grouped_inputs(2, &[0..10, 0..10]);
+        let rows = inp.get_mut("bank-a").unwrap();
+        let mut dup = rows[3].clone();
+        dup.features = vec![99];
+        rows.push(dup);
+        let err = simulate(&a, &inp, &mut os_rng()).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::DuplicateKey { ref party } if party == "bank-a"),
+            "{psi}: {err}"
+        );
+    }
+}
+
 #[test]
 fn small_groups_are_suppressed_and_the_others_released() {
     // Keys 0..8 matched: groups lo {0,3,6}, mid {1,4,7}, hi {2,5}.

@@ -11,7 +11,8 @@
 //! the element length), `8·w`
 //! bytes of features and 4 bytes of permutation (`copies` is the number of
 //! groups for a non-grouping party of a grouped analysis, else 1); while
-//! the duplicate check runs, `e` bytes more (the elements it sorts).
+//! the duplicate check runs, 24 bytes more under keyed-prf (each tag and its
+//! position, partitioned) or 32 under ecdh-ring (each point, sorted).
 
 use chacha20::ChaCha20Rng;
 use rand::seq::SliceRandom;
@@ -239,7 +240,8 @@ impl<'s> ListBuilder<'s> {
         let el = self.session.encoder.element_len();
         let duplicate = if self.key_digests.is_empty() {
             // Equal keys give equal elements: the (first copy's) elements,
-            // copied out and sorted.
+            // copied out, and partitioned by hash (16-byte tags) or sorted
+            // (32-byte points).
             let firsts = self.points.chunks_exact(self.copies * el);
             match el {
                 16 => super::matching::any_repeat(&self.points, self.copies * el, el),

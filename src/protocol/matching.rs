@@ -323,9 +323,9 @@ mod tests {
             rng.fill_bytes(&mut p);
             p
         };
-        // Three lists of different lengths (several partitions each), a
-        // shared part, parts shared by two only, and one list whose
-        // points differ only in the high bytes.
+        // Three lists of different lengths (several partitions each): a
+        // part shared by all, a part shared by two only, and points of
+        // their own.
         let shared: Vec<[u8; 16]> = (0..3000).map(|_| point()).collect();
         let pair: Vec<[u8; 16]> = (0..2000).map(|_| point()).collect();
         let mut a: Vec<[u8; 16]> = shared.iter().chain(&pair).copied().collect();
