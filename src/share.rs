@@ -439,7 +439,7 @@ impl MaskSeed {
         for &p in positions {
             let gap = (p - next).saturating_mul(width as u64);
             if gap > SKIP_BY_READING {
-                rng.set_word_pos(2 * u128::from(p) * width as u128);
+                rng = self.prg_at(p, width);
             } else {
                 for _ in 0..gap {
                     rng.next_u64();

@@ -12,7 +12,8 @@
 //! bytes of features and 4 bytes of permutation (`copies` is the number of
 //! groups for a non-grouping party of a grouped analysis, else 1); while
 //! the duplicate check runs, 24 bytes more under keyed-prf (each tag and its
-//! position, partitioned) or 32 under ecdh-ring (each point, sorted).
+//! position, partitioned) or 16 under ecdh-ring (a reference to each point,
+//! sorted).
 
 use chacha20::ChaCha20Rng;
 use rand::seq::SliceRandom;
@@ -239,14 +240,14 @@ impl<'s> ListBuilder<'s> {
         }
         let el = self.session.encoder.element_len();
         let duplicate = if self.key_digests.is_empty() {
-            // Equal keys give equal elements: the (first copy's) elements,
-            // copied out, and partitioned by hash (16-byte tags) or sorted
-            // (32-byte points).
-            let firsts = self.points.chunks_exact(self.copies * el);
-            match el {
-                16 => super::matching::any_repeat(&self.points, self.copies * el, el),
-                32 => has_repeat(firsts.map(|p| (word(&p[..16]), word(&p[16..32]))).collect()),
-                _ => has_repeat(firsts.map(|p| &p[..el]).collect()),
+            // Equal keys give equal elements: each key's (first copy's)
+            // element, partitioned by hash (16-byte tags, copied) or sorted
+            // (32-byte points, by reference).
+            let stride = self.copies * el;
+            if el <= 16 {
+                super::matching::any_repeat(&self.points, stride, el)
+            } else {
+                has_repeat(self.points.chunks_exact(stride).map(|p| &p[..el]).collect())
             }
         } else {
             has_repeat(std::mem::take(&mut self.key_digests))
@@ -317,13 +318,6 @@ impl<'s> ListBuilder<'s> {
             dummies: blocks.concat(),
         })
     }
-}
-
-/// 16 bytes of an element as a number (for sorting only).
-fn word(b: &[u8]) -> u128 {
-    let mut w = [0u8; 16];
-    w.copy_from_slice(b);
-    u128::from_le_bytes(w)
 }
 
 /// Whether any value repeats (sorts `v` on all cores).

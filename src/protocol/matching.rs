@@ -151,7 +151,7 @@ fn join(
         }
     }
     let mut rows = Vec::new();
-    for (e, f) in base.iter().zip(found.chunks_exact(k.max(1))) {
+    for (e, f) in base.iter().zip(found.chunks_exact(k)) {
         if f.iter().all(|&x| x != NONE) {
             rows.push(e.at);
             rows.extend_from_slice(f);
@@ -183,22 +183,19 @@ pub fn match_lists(
         }
     }
     let mut positions = vec![Vec::new(); n];
-    if n == 0 {
+    // Index the shortest list; probe the others against it. No list, or an
+    // empty one: nothing matches.
+    let Some(base) = (0..n)
+        .min_by_key(|&i| lists[i].len())
+        .filter(|&b| !lists[b].is_empty())
+    else {
         return Ok(Matches {
             count: 0,
             positions,
         });
-    }
-    // Index the shortest list; probe the others against it.
-    let base = (0..n).min_by_key(|&i| lists[i].len()).unwrap_or(0);
+    };
     let others: Vec<usize> = (0..n).filter(|&i| i != base).collect();
     let base_len = lists[base].len() / point_len;
-    if base_len == 0 {
-        return Ok(Matches {
-            count: 0,
-            positions,
-        });
-    }
     let parts = (base_len / PART_ROWS).max(1).next_power_of_two();
     let (split, tables) = (keyed_hasher(), keyed_hasher());
     let parted: Vec<Vec<Vec<Entry>>> = lists
