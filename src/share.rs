@@ -388,6 +388,10 @@ pub struct MaskSeed([u8; 32]);
 /// PRG's 4-block buffer).
 const SKIP_BY_READING: u64 = 32;
 
+/// Mask words drawn from the keystream at once (masking rows, summing
+/// masks).
+const MASK_BATCH: usize = 64;
+
 impl MaskSeed {
     /// A seed from raw bytes (tests and simulations).
     pub fn from_bytes(b: [u8; 32]) -> Self {
@@ -414,9 +418,17 @@ impl MaskSeed {
             return;
         }
         let mut rng = self.prg_at(first, width);
-        for v in values {
-            *v = v.wrapping_add(rng.next_u64());
+        // The keystream a batch of words at a time (the same words as one
+        // `next_u64` each: little-endian, in order), wiped afterwards.
+        let mut buf = [0u8; 8 * MASK_BATCH];
+        for batch in values.chunks_mut(MASK_BATCH) {
+            let bytes = &mut buf[..8 * batch.len()];
+            rng.fill_bytes(bytes);
+            for (v, m) in batch.iter_mut().zip(bytes.as_chunks::<8>().0) {
+                *v = v.wrapping_add(u64::from_le_bytes(*m));
+            }
         }
+        buf.zeroize();
     }
 
     /// Sum of the masks of the given rows, mod 2^64. Positions must be
@@ -433,23 +445,42 @@ impl MaskSeed {
         if width == 0 || positions.is_empty() {
             return Ok(sum);
         }
+        // Positions are taken in runs that fit one read of the keystream
+        // (MASK_BATCH words, or one row if rows are wider): each run's
+        // words are read at once, the PRG reading forward over short gaps
+        // between runs and seeking over longer ones.
+        // Word offsets in u128: positions are below `len`, whatever `len`.
+        let w = width as u128;
+        let span = (MASK_BATCH / width).max(1) as u64;
+        let mut buf = vec![0u8; 8 * MASK_BATCH.max(width)];
         let mut rng = self.prg_at(positions[0], width);
-        // The row whose first word the PRG reads next.
-        let mut next = positions[0];
-        for &p in positions {
-            let gap = (p - next).saturating_mul(width as u64);
-            if gap > SKIP_BY_READING {
-                rng = self.prg_at(p, width);
+        // The word the PRG reads next.
+        let mut next = u128::from(positions[0]) * w;
+        let mut i = 0;
+        while i < positions.len() {
+            let first = positions[i];
+            let end = first.saturating_add(span);
+            let run = positions[i..].partition_point(|&p| p < end);
+            let last = positions[i + run - 1];
+            let gap = u128::from(first) * w - next;
+            if gap > u128::from(SKIP_BY_READING) {
+                rng = self.prg_at(first, width);
             } else {
-                for _ in 0..gap {
-                    rng.next_u64();
+                rng.fill_bytes(&mut buf[..8 * gap as usize]);
+            }
+            let words = (last - first + 1) as usize * width;
+            rng.fill_bytes(&mut buf[..8 * words]);
+            let (stream, _) = buf.as_chunks::<8>();
+            for &p in &positions[i..i + run] {
+                let at = (p - first) as usize * width;
+                for (s, m) in sum.iter_mut().zip(&stream[at..at + width]) {
+                    *s = s.wrapping_add(u64::from_le_bytes(*m));
                 }
             }
-            for s in sum.iter_mut() {
-                *s = s.wrapping_add(rng.next_u64());
-            }
-            next = p + 1;
+            next = (u128::from(last) + 1) * w;
+            i += run;
         }
+        buf.zeroize();
         Ok(sum)
     }
 }
@@ -589,6 +620,16 @@ mod tests {
         assert_ne!(other.mask_sum(&positions, width, 10).unwrap(), m);
     }
 
+    /// The sum of the rows at `positions` of a flat `width`-wide matrix.
+    fn rows_sum(rows: &[u64], width: usize, positions: &[u64]) -> Vec<u64> {
+        let mut sum = vec![0u64; width];
+        for &p in positions {
+            let at = p as usize * width;
+            add_assign(&mut sum, &rows[at..at + width]);
+        }
+        sum
+    }
+
     #[test]
     fn masks_are_one_keystream_read_in_any_order() {
         let s = MaskSeed::from_bytes([5; 32]);
@@ -618,11 +659,7 @@ mod tests {
                 (0..rows).step_by(3).collect(),
             ];
             for ps in sets {
-                let mut want = vec![0u64; width];
-                for &p in &ps {
-                    let at = p as usize * width;
-                    add_assign(&mut want, &whole[at..at + width]);
-                }
+                let want = rows_sum(&whole, width, &ps);
                 assert_eq!(
                     s.mask_sum(&ps, width, rows).unwrap(),
                     want,
@@ -637,6 +674,49 @@ mod tests {
         }
         assert_eq!(s.mask_sum(&[], 2, 5).unwrap(), vec![0, 0]);
         assert_eq!(s.mask_sum(&[1], 0, 5).unwrap(), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn batched_masks_and_sums_equal_the_keystream_word_by_word() {
+        // Against the generator read one word at a time (independent of
+        // the batching): row j, value f is word w·j + f.
+        let s = MaskSeed::from_bytes([11; 32]);
+        let words = |first: u64, count: usize, width: usize| -> Vec<u64> {
+            let mut rng = ChaCha20Rng::from_seed([11; 32]);
+            rng.set_word_pos(2 * u128::from(first) * width as u128);
+            (0..count).map(|_| rng.next_u64()).collect()
+        };
+        for width in [1usize, 3, 64, 65, 130] {
+            for first in [0u64, 1, 5, 17] {
+                let mut m = vec![0u64; 3 * MASK_BATCH + width];
+                s.mask_rows_from(&mut m, width, first);
+                assert_eq!(m, words(first, m.len(), width), "{width} {first}");
+            }
+            let rows = 400u64;
+            let all = words(0, rows as usize * width, width);
+            let sets: [Vec<u64>; 5] = [
+                (0..rows).collect(),
+                (0..rows).step_by(2).collect(),
+                // Width 1: a gap of 32 words between runs (read), then 33
+                // (seek).
+                vec![0, 33, 66],
+                vec![0, 33, 67],
+                vec![1, 63, 64, 200, 399],
+            ];
+            for ps in sets {
+                let want = rows_sum(&all, width, &ps);
+                assert_eq!(
+                    s.mask_sum(&ps, width, rows).unwrap(),
+                    want,
+                    "{width} {ps:?}"
+                );
+            }
+        }
+        // Huge lengths do not overflow: the last rows of a 2^62-row list.
+        let last = (1u64 << 62) - 1;
+        let m = s.mask_sum(&[last - 1, last], 2, 1 << 62).unwrap();
+        let w = words(last - 1, 4, 2);
+        assert_eq!(m, vec![w[0].wrapping_add(w[2]), w[1].wrapping_add(w[3])]);
     }
 
     #[test]

@@ -11,14 +11,13 @@
 //! the element length), `8·w`
 //! bytes of features and 4 bytes of permutation (`copies` is the number of
 //! groups for a non-grouping party of a grouped analysis, else 1); while
-//! the duplicate check runs, 24 bytes more under keyed-prf (each tag and its
-//! position, partitioned) or 16 under ecdh-ring (a reference to each point,
-//! sorted).
+//! the duplicate check runs, 8 bytes more (a fingerprint of each element,
+//! see [`super::repeats`]), or 16 (references for the exact check) if two
+//! fingerprints are equal.
 
 use chacha20::ChaCha20Rng;
 use rand::seq::SliceRandom;
 use rand::{CryptoRng, Rng, SeedableRng};
-use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
@@ -103,6 +102,7 @@ pub struct ListBuilder<'s> {
 impl Drop for ListBuilder<'_> {
     fn drop(&mut self) {
         self.features.zeroize();
+        self.key_digests.zeroize();
     }
 }
 
@@ -239,18 +239,17 @@ impl<'s> ListBuilder<'s> {
             });
         }
         let el = self.session.encoder.element_len();
+        // Equal keys give equal elements (each key's first copy's), except
+        // at the grouping party, whose elements carry the group: there the
+        // untagged keys' digests.
         let duplicate = if self.key_digests.is_empty() {
-            // Equal keys give equal elements: each key's (first copy's)
-            // element, partitioned by hash (16-byte tags, copied) or sorted
-            // (32-byte points, by reference).
-            let stride = self.copies * el;
-            if el <= 16 {
-                super::matching::any_repeat(&self.points, stride, el)
-            } else {
-                has_repeat(self.points.chunks_exact(stride).map(|p| &p[..el]).collect())
-            }
+            super::repeats::any_repeat(&self.points, self.copies * el, el)
         } else {
-            has_repeat(std::mem::take(&mut self.key_digests))
+            let mut digests = std::mem::take(&mut self.key_digests);
+            let repeat = super::repeats::any_repeat(digests.as_flattened(), 16, 16);
+            // Unsalted digests of the bank's raw keys: wiped.
+            digests.zeroize();
+            repeat
         };
         if duplicate {
             return Err(ProtocolError::DuplicateKey { party });
@@ -301,8 +300,7 @@ impl<'s> ListBuilder<'s> {
         }
         Ok(ShuffledList {
             seed: self.session.own_seed.clone(),
-            layout: self.session.layout.clone(),
-            me: self.session.me,
+            slots: Slots::new(&self.session.layout, self.session.me, self.columns.len()),
             width: self.session.layout.row_width(self.session.me),
             element_len: el,
             w: self.columns.len(),
@@ -320,18 +318,55 @@ impl<'s> ListBuilder<'s> {
     }
 }
 
-/// Whether any value repeats (sorts `v` on all cores).
-fn has_repeat<T: Ord + Send>(mut v: Vec<T>) -> bool {
-    v.par_sort_unstable();
-    v.windows(2).any(|w| w[0] == w[1])
+/// Copies the `N`-byte elements at `perm`'s indices of `from`, in order,
+/// into `out` (`perm.len() · N` bytes): fixed-size copies, no call per row.
+fn gather<const N: usize>(from: &[u8], perm: &[u32], out: &mut [u8]) {
+    let (from, _) = from.as_chunks::<N>();
+    let (out, _) = out.as_chunks_mut::<N>();
+    for (o, &src) in out.iter_mut().zip(perm) {
+        *o = from[src as usize];
+    }
+}
+
+/// Where a row's values go in its masked vector, per group: worked out
+/// once per list from the [`Layout`] rather than per row.
+#[derive(Debug, Clone)]
+struct Slots {
+    /// The slot of each feature in each group's block (`w` per group).
+    features: Vec<usize>,
+    /// Per group: the slot of this party's count indicator, if it has one.
+    count: Vec<Option<usize>>,
+    /// Per group: the vector of a DP dummy row assigned to it (`width`
+    /// words each).
+    dummies: Vec<u64>,
+}
+
+impl Slots {
+    fn new(layout: &Layout, me: usize, w: usize) -> Self {
+        let groups = 0..layout.groups();
+        Slots {
+            features: groups
+                .clone()
+                .flat_map(|g| (0..w).map(move |f| layout.feature_slot(me, f, g)))
+                .collect(),
+            count: groups
+                .clone()
+                .map(|g| {
+                    layout
+                        .count_slot(g)
+                        .and_then(|(p, slot)| (p == me).then_some(slot))
+                })
+                .collect(),
+            dummies: groups.flat_map(|g| layout.dummy_row(me, Some(g))).collect(),
+        }
+    }
 }
 
 /// A node's own list after the shuffle, ready to be sent chunk by chunk.
 /// Holds the list's mask seed (zeroized when dropped).
 pub struct ShuffledList {
     seed: MaskSeed,
-    layout: Layout,
-    me: usize,
+    slots: Slots,
     width: usize,
     element_len: usize,
     w: usize,
@@ -397,22 +432,34 @@ impl ShuffledList {
         let end = start.saturating_add(count as u64).min(self.len());
         let start = start.min(end);
         let rows = (end - start) as usize;
+        let perm = &self.perm[start as usize..end as usize];
         let el = self.element_len;
-        let mut points = Vec::with_capacity(rows * el);
+        let mut points = vec![0u8; rows * el];
+        match el {
+            16 => gather::<16>(&self.points, perm, &mut points),
+            32 => gather::<32>(&self.points, perm, &mut points),
+            _ => {
+                for (out, &src) in points.chunks_exact_mut(el).zip(perm) {
+                    let at = src as usize * el;
+                    out.copy_from_slice(&self.points[at..at + el]);
+                }
+            }
+        }
         let mut masked = vec![0u64; rows * self.width];
-        for (i, pos) in (start..end).enumerate() {
-            let src = self.perm[pos as usize] as u64;
-            let at = src as usize * el;
-            points.extend_from_slice(&self.points[at..at + el]);
-            let row = &mut masked[i * self.width..(i + 1) * self.width];
-            self.fill(src, row);
+        if self.width > 0 {
+            for (row, &src) in masked.chunks_exact_mut(self.width).zip(perm) {
+                self.fill(u64::from(src), row);
+            }
         }
         self.seed.mask_rows_from(&mut masked, self.width, start);
         (points, masked)
     }
 
-    /// Writes the plain (slotted) values of source row `src` into `row`.
+    /// Writes the plain (slotted) values of source row `src` into `row`
+    /// (zeroed): a real row's features (and count indicator) in its
+    /// group's block, a DP dummy's indicator, nothing for padding.
     fn fill(&self, src: u64, row: &mut [u64]) {
+        let w = self.w;
         if src < self.real {
             let key = (src as usize) / self.copies;
             let group = if self.grouping {
@@ -420,17 +467,16 @@ impl ShuffledList {
             } else {
                 (src as usize) % self.copies
             };
-            if let Some((p, slot)) = self.layout.count_slot(group)
-                && p == self.me
-            {
+            if let Some(slot) = self.slots.count[group] {
                 row[slot] = 1;
             }
-            for f in 0..self.w {
-                row[self.layout.feature_slot(self.me, f, group)] = self.features[key * self.w + f];
+            let slots = &self.slots.features[group * w..(group + 1) * w];
+            for (&slot, &v) in slots.iter().zip(&self.features[key * w..(key + 1) * w]) {
+                row[slot] = v;
             }
         } else if src >= self.padded {
             let g = ((src - self.padded) / self.block) as usize;
-            row.copy_from_slice(&self.layout.dummy_row(self.me, Some(g)));
+            row.copy_from_slice(&self.slots.dummies[g * self.width..(g + 1) * self.width]);
         }
     }
 

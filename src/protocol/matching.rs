@@ -10,9 +10,10 @@
 //! each other list. Both hashes (the split and the tables) are foldhash
 //! under seeds drawn from the OS per run, so a bank that crafts its points
 //! (without ever seeing a hash) cannot steer them into one partition or make
-//! lookups collide.
+//! lookups collide. Each list's matched positions are then read out
+//! ascending from a bitmap of the list (one bit a row) rather than sorted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::OnceLock;
 
@@ -38,7 +39,7 @@ fn keyed_hasher() -> SeedableRandomState {
 pub struct Matches {
     /// Number of keys present in all lists.
     pub count: u64,
-    /// `positions[i]`: matched positions in list `i`, ascending. Sorting hides
+    /// `positions[i]`: matched positions in list `i`, ascending. The order hides
     /// the pairing between lists from each unmasker.
     pub positions: Vec<Vec<u64>>,
 }
@@ -57,14 +58,20 @@ struct Entry {
 
 /// A point of at most 16 bytes as two words (one-to-one for a given
 /// length).
+#[inline]
 fn words(p: &[u8]) -> [u64; 2] {
-    let mut w = [0u8; 16];
-    w[..p.len()].copy_from_slice(p);
-    let (lo, hi) = w.split_at(8);
-    [
-        u64::from_le_bytes(lo.try_into().unwrap_or_default()),
-        u64::from_le_bytes(hi.try_into().unwrap_or_default()),
-    ]
+    // Whole 16-byte points (every final list's) as two fixed-size loads;
+    // shorter ones zero-extended.
+    let w: [u8; 16] = match p.try_into() {
+        Ok(w) => w,
+        Err(_) => {
+            let mut w = [0u8; 16];
+            w[..p.len()].copy_from_slice(p);
+            w
+        }
+    };
+    let v = u128::from_le_bytes(w);
+    [v as u64, (v >> 64) as u64]
 }
 
 /// Splits a list of `stride`-byte rows into `parts` (a power of two)
@@ -99,23 +106,6 @@ fn partition(
         });
     }
     out
-}
-
-/// Whether the point (first `point_len` bytes, 1 to 16) of any two rows of
-/// `rows` (`stride` bytes each, `stride ≥ point_len`) is the same: the
-/// node's duplicate check, partitioned like the matching, on all cores.
-pub fn any_repeat(rows: &[u8], stride: usize, point_len: usize) -> bool {
-    assert!(
-        (1..=16).contains(&point_len) && stride >= point_len,
-        "any_repeat: points of 1 to 16 bytes within their rows"
-    );
-    let parts = (rows.len() / stride / PART_ROWS).max(1).next_power_of_two();
-    let parted = partition(rows, stride, point_len, parts, &keyed_hasher());
-    let tables = keyed_hasher();
-    parted.par_iter().any(|part| {
-        let mut seen = HashSet::with_capacity_and_hasher(part.len(), tables.clone());
-        part.iter().any(|e| !seen.insert(e.point))
-    })
 }
 
 /// Joins one partition: the matched rows, flat, each as the position in
@@ -220,18 +210,41 @@ pub fn match_lists(
         let list = others.get(o).copied().unwrap_or(base);
         return Err(ProtocolError::RepeatedPoint(names[list].to_string()));
     }
+    // Each list's matched positions, ascending: marked in a bitmap of the
+    // list (one bit a row), then read out in order (no sort).
     let width = others.len() + 1;
-    let mut count = 0;
-    for rows in joined.into_iter().flatten() {
-        for row in rows.chunks_exact(width) {
-            count += 1;
-            positions[base].push(u64::from(row[0]));
-            for (&i, &at) in others.iter().zip(&row[1..]) {
-                positions[i].push(u64::from(at));
+    let joined: Vec<Vec<u32>> = joined.into_iter().flatten().collect();
+    let count = joined.iter().map(|r| r.len() / width).sum::<usize>() as u64;
+    let columns: Vec<(usize, usize)> = std::iter::once((base, 0))
+        .chain(others.iter().enumerate().map(|(o, &i)| (i, o + 1)))
+        .collect();
+    let mut ascending: Vec<(usize, Vec<u64>)> = columns
+        .into_par_iter()
+        .map(|(list, column)| {
+            let rows = lists[list].len() / point_len;
+            let mut bits = vec![0u64; rows.div_ceil(64)];
+            for part in &joined {
+                for row in part.chunks_exact(width) {
+                    let at = row[column] as usize;
+                    bits[at / 64] |= 1 << (at % 64);
+                }
             }
-        }
+            let mut out = Vec::with_capacity(count as usize);
+            for (w, &word) in bits.iter().enumerate() {
+                let mut word = word;
+                while word != 0 {
+                    out.push((w * 64) as u64 + u64::from(word.trailing_zeros()));
+                    word &= word - 1;
+                }
+            }
+            // `join` refuses a point matched twice, so no bit is set twice.
+            debug_assert_eq!(out.len() as u64, count);
+            (list, out)
+        })
+        .collect();
+    for (list, out) in ascending.drain(..) {
+        positions[list] = out;
     }
-    positions.par_iter_mut().for_each(|p| p.sort_unstable());
     Ok(Matches { count, positions })
 }
 
@@ -270,25 +283,6 @@ mod tests {
         assert_eq!(empty.count, 0);
         let one = match_lists(&[&[5u8, 6, 7]], 1, &["a"]).unwrap();
         assert_eq!((one.count, one.positions), (3, vec![vec![0, 1, 2]]));
-    }
-
-    #[test]
-    fn repeats_are_found_in_strided_rows() {
-        let rows: Vec<u8> = (0..3 * PART_ROWS as u32)
-            .flat_map(|i| {
-                let mut r = [0xAAu8; 20];
-                r[..4].copy_from_slice(&i.to_le_bytes());
-                r
-            })
-            .collect();
-        assert!(!any_repeat(&rows, 20, 16));
-        assert!(!any_repeat(&rows, 20, 4));
-        // Bytes outside the point do not count; bytes inside do.
-        assert!(any_repeat(&rows, 20, 1));
-        let mut again = rows.clone();
-        again.extend_from_slice(&rows[20 * 77..20 * 78]);
-        assert!(any_repeat(&again, 20, 16));
-        assert!(!any_repeat(&[], 16, 16));
     }
 
     /// The plain intersection, by sorting: positions per list, ascending.

@@ -27,6 +27,7 @@ pub mod group;
 pub mod local;
 pub mod matching;
 pub mod node;
+pub mod repeats;
 pub mod ring;
 pub mod simulate;
 
@@ -35,8 +36,9 @@ pub use aggregate::{
 };
 pub use group::Layout;
 pub use local::{ListBuilder, RowBatch, ShuffledList};
-pub use matching::{Matches, any_repeat, match_lists};
+pub use matching::{Matches, match_lists};
 pub use node::{MaskShare, MaskedList, NodeSession, PeerKeys, PreparedList, ReblindStream};
+pub use repeats::any_repeat;
 pub use simulate::{Inbound, SimulationOutcome, Transcript, simulate, simulate_streaming};
 
 /// Most rows a list may have, padding and dummies included. Every size a
