@@ -5,9 +5,9 @@
 //! A filter, then an exact check only if the filter fires. The filter gives
 //! each element a 64-bit fingerprint (a function of all its bytes and of a
 //! seed drawn from the OS per check: equal elements, equal fingerprints;
-//! nobody can craft elements whose fingerprints collide or crowd one
+//! without the seed, elements cannot be prepared to collide or to crowd one
 //! partition), sorts the fingerprints by their top bits into partitions of
-//! at most about [`PART_ROWS`] on average (a counting sort: two passes over
+//! [`PART_ROWS`] rows or fewer on average (a counting sort: two passes over
 //! the list), and looks for a repeated fingerprint in each partition with a
 //! small open-addressing table that fits in cache, the partitions on all
 //! cores. Memory: 8 bytes per row (zeroized after), and a table per
