@@ -172,7 +172,6 @@ pub fn match_lists(
             )));
         }
     }
-    let mut positions = vec![Vec::new(); n];
     // Index the shortest list; probe the others against it. No list, or an
     // empty one: nothing matches.
     let Some(base) = (0..n)
@@ -181,7 +180,7 @@ pub fn match_lists(
     else {
         return Ok(Matches {
             count: 0,
-            positions,
+            positions: vec![Vec::new(); n],
         });
     };
     let others: Vec<usize> = (0..n).filter(|&i| i != base).collect();
@@ -215,12 +214,15 @@ pub fn match_lists(
     let width = others.len() + 1;
     let joined: Vec<Vec<u32>> = joined.into_iter().flatten().collect();
     let count = joined.iter().map(|r| r.len() / width).sum::<usize>() as u64;
-    let columns: Vec<(usize, usize)> = std::iter::once((base, 0))
-        .chain(others.iter().enumerate().map(|(o, &i)| (i, o + 1)))
-        .collect();
-    let mut ascending: Vec<(usize, Vec<u64>)> = columns
+    // A list's column in the joined rows: the base first, then the others.
+    let column = |list: usize| match others.iter().position(|&i| i == list) {
+        Some(o) => o + 1,
+        None => 0,
+    };
+    let positions: Vec<Vec<u64>> = (0..n)
         .into_par_iter()
-        .map(|(list, column)| {
+        .map(|list| {
+            let column = column(list);
             let rows = lists[list].len() / point_len;
             let mut bits = vec![0u64; rows.div_ceil(64)];
             for part in &joined {
@@ -239,12 +241,9 @@ pub fn match_lists(
             }
             // `join` refuses a point matched twice, so no bit is set twice.
             debug_assert_eq!(out.len() as u64, count);
-            (list, out)
+            out
         })
         .collect();
-    for (list, out) in ascending.drain(..) {
-        positions[list] = out;
-    }
     Ok(Matches { count, positions })
 }
 
