@@ -12,6 +12,7 @@
 //! | [`psi`] | hash-to-Ristretto, per-session blinding, re-blinding, truncation |
 //! | [`prf`] | keyed-prf matching: the group key, its sealing, keyed tags |
 //! | [`share`] | identity keys, pairwise seeds, PRG masks, sealing of mask sums |
+//! | [`positions`] | the rows of a list summed in step 5, as a bitmap of the list (its wire form parsed strictly) |
 //! | [`dp`] | exact discrete Laplace and discrete Gaussian samplers |
 //! | [`analysis`] | the analysis file format, validation and its approval hash |
 //! | [`protocol`] | the protocol steps (node and coordinator side) and the in-memory run |
@@ -21,6 +22,7 @@
 pub mod analysis;
 pub mod dp;
 pub mod keys;
+pub mod positions;
 pub mod prf;
 pub mod protocol;
 pub mod psi;

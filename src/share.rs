@@ -23,6 +23,7 @@ use sha2::Sha256;
 use thiserror::Error;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+use crate::positions::Positions;
 use crate::session::{SessionId, put_lp};
 
 /// Errors from key handling, seed derivation and sealing.
@@ -45,18 +46,6 @@ pub enum ShareError {
         /// Received length.
         got: usize,
     },
-    /// A position is outside the list it refers to.
-    #[error("position {position} out of range for a list of {len} rows")]
-    PositionOutOfRange {
-        /// The offending position.
-        position: u64,
-        /// The list length.
-        len: u64,
-    },
-    /// A position list is not strictly ascending (a repeat or out of
-    /// order), at this position.
-    #[error("position {0} repeats or is out of ascending order")]
-    NotAscending(u64),
 }
 
 /// A node's long-term identity secret (a Ristretto scalar). Zeroized on drop.
@@ -431,37 +420,38 @@ impl MaskSeed {
         buf.zeroize();
     }
 
-    /// Sum of the masks of the given rows, mod 2^64. Positions must be
-    /// strictly ascending and below `len` (the list length). Reads the
+    /// Sum of the masks of the rows in `positions`, mod 2^64. Reads the
     /// keystream forward, seeking only over gaps.
-    pub fn mask_sum(
-        &self,
-        positions: &[u64],
-        width: usize,
-        len: u64,
-    ) -> Result<Vec<u64>, ShareError> {
-        check_positions(positions, len)?;
+    pub fn mask_sum(&self, positions: &Positions, width: usize) -> Vec<u64> {
         let mut sum = vec![0u64; width];
-        if width == 0 || positions.is_empty() {
-            return Ok(sum);
+        let mut rows = positions.iter().peekable();
+        let Some(&start) = rows.peek() else {
+            return sum;
+        };
+        if width == 0 {
+            return sum;
         }
         // Positions are taken in runs that fit one read of the keystream
         // (MASK_BATCH words, or one row if rows are wider): each run's
         // words are read at once, the PRG reading forward over short gaps
         // between runs and seeking over longer ones.
-        // Word offsets in u128: positions are below `len`, whatever `len`.
+        // Word offsets in u128: positions are below the list's length,
+        // whatever it is.
         let w = width as u128;
         let span = (MASK_BATCH / width).max(1) as u64;
         let mut buf = vec![0u8; 8 * MASK_BATCH.max(width)];
-        let mut rng = self.prg_at(positions[0], width);
+        let mut rng = self.prg_at(start, width);
         // The word the PRG reads next.
-        let mut next = u128::from(positions[0]) * w;
-        let mut i = 0;
-        while i < positions.len() {
-            let first = positions[i];
+        let mut next = u128::from(start) * w;
+        let mut run = Vec::with_capacity(span as usize);
+        while let Some(first) = rows.next() {
             let end = first.saturating_add(span);
-            let run = positions[i..].partition_point(|&p| p < end);
-            let last = positions[i + run - 1];
+            run.clear();
+            run.push(first);
+            while let Some(p) = rows.next_if(|&p| p < end) {
+                run.push(p);
+            }
+            let last = run[run.len() - 1];
             let gap = u128::from(first) * w - next;
             if gap > u128::from(SKIP_BY_READING) {
                 rng = self.prg_at(first, width);
@@ -471,34 +461,17 @@ impl MaskSeed {
             let words = (last - first + 1) as usize * width;
             rng.fill_bytes(&mut buf[..8 * words]);
             let (stream, _) = buf.as_chunks::<8>();
-            for &p in &positions[i..i + run] {
+            for &p in &run {
                 let at = (p - first) as usize * width;
                 for (s, m) in sum.iter_mut().zip(&stream[at..at + width]) {
                     *s = s.wrapping_add(u64::from_le_bytes(*m));
                 }
             }
             next = (u128::from(last) + 1) * w;
-            i += run;
         }
         buf.zeroize();
-        Ok(sum)
+        sum
     }
-}
-
-/// Checks a position list: strictly ascending (so none repeats; checked in
-/// constant memory, whatever size a peer sends) and every entry below `len`.
-pub fn check_positions(positions: &[u64], len: u64) -> Result<(), ShareError> {
-    let mut prev: Option<u64> = None;
-    for &p in positions {
-        if prev.is_some_and(|q| p <= q) {
-            return Err(ShareError::NotAscending(p));
-        }
-        if p >= len {
-            return Err(ShareError::PositionOutOfRange { position: p, len });
-        }
-        prev = Some(p);
-    }
-    Ok(())
 }
 
 /// `acc += v` component-wise, mod 2^64.
@@ -611,13 +584,19 @@ mod tests {
             add_assign(&mut ysum, &masked[r.clone()]);
             add_assign(&mut want, &plain[r]);
         }
-        let m = sb.mask_sum(&positions, width, 10).unwrap();
+        let chosen = set(10, &positions);
+        let m = sb.mask_sum(&chosen, width);
         assert_eq!(unmask(&ysum, &m).unwrap(), want);
         // The seed depends on the direction.
         let other = PairwiseSecret::derive(&b, &a.public(), &sid)
             .unwrap()
             .mask_seed(&h, "b", "a");
-        assert_ne!(other.mask_sum(&positions, width, 10).unwrap(), m);
+        assert_ne!(other.mask_sum(&chosen, width), m);
+    }
+
+    /// The set of ascending `positions` of a list of `len` rows.
+    fn set(len: u64, positions: &[u64]) -> Positions {
+        Positions::from_ascending(len, positions).unwrap()
     }
 
     /// The sum of the rows at `positions` of a flat `width`-wide matrix.
@@ -660,11 +639,7 @@ mod tests {
             ];
             for ps in sets {
                 let want = rows_sum(&whole, width, &ps);
-                assert_eq!(
-                    s.mask_sum(&ps, width, rows).unwrap(),
-                    want,
-                    "{width} {ps:?}"
-                );
+                assert_eq!(s.mask_sum(&set(rows, &ps), width), want, "{width} {ps:?}");
             }
             // Distinct rows and values get distinct words.
             let mut sorted = whole.clone();
@@ -672,8 +647,8 @@ mod tests {
             sorted.dedup();
             assert_eq!(sorted.len(), whole.len());
         }
-        assert_eq!(s.mask_sum(&[], 2, 5).unwrap(), vec![0, 0]);
-        assert_eq!(s.mask_sum(&[1], 0, 5).unwrap(), Vec::<u64>::new());
+        assert_eq!(s.mask_sum(&set(5, &[]), 2), vec![0, 0]);
+        assert_eq!(s.mask_sum(&set(5, &[1]), 0), Vec::<u64>::new());
     }
 
     #[test]
@@ -705,18 +680,19 @@ mod tests {
             ];
             for ps in sets {
                 let want = rows_sum(&all, width, &ps);
-                assert_eq!(
-                    s.mask_sum(&ps, width, rows).unwrap(),
-                    want,
-                    "{width} {ps:?}"
-                );
+                assert_eq!(s.mask_sum(&set(rows, &ps), width), want, "{width} {ps:?}");
             }
         }
-        // Huge lengths do not overflow: the last rows of a 2^62-row list.
-        let last = (1u64 << 62) - 1;
-        let m = s.mask_sum(&[last - 1, last], 2, 1 << 62).unwrap();
-        let w = words(last - 1, 4, 2);
-        assert_eq!(m, vec![w[0].wrapping_add(w[2]), w[1].wrapping_add(w[3])]);
+        // The last rows of the longest list a node accepts, wide rows (word
+        // offsets past 2^32).
+        let len = crate::protocol::MAX_LIST_ROWS;
+        let (last, width) = (len - 1, 130);
+        let m = s.mask_sum(&set(len, &[last - 1, last]), width);
+        let w = words(last - 1, 2 * width, width);
+        let want: Vec<u64> = (0..width)
+            .map(|f| w[f].wrapping_add(w[width + f]))
+            .collect();
+        assert_eq!(m, want);
     }
 
     #[test]
@@ -734,21 +710,7 @@ mod tests {
         let mut row = vec![0u64; 2];
         s.mask_rows_from(&mut row, 2, 4);
         assert_eq!(row[0], m[8]);
-        assert_eq!(s.mask_sum(&[4], 2, 5).unwrap(), row);
-    }
-
-    #[test]
-    fn positions_are_checked() {
-        let s = MaskSeed::from_bytes([1; 32]);
-        assert_eq!(
-            s.mask_sum(&[3], 1, 3),
-            Err(ShareError::PositionOutOfRange {
-                position: 3,
-                len: 3
-            })
-        );
-        assert_eq!(s.mask_sum(&[1, 1], 1, 3), Err(ShareError::NotAscending(1)));
-        assert_eq!(s.mask_sum(&[2, 1], 1, 3), Err(ShareError::NotAscending(1)));
+        assert_eq!(s.mask_sum(&set(5, &[4]), 2), row);
     }
 
     #[test]

@@ -89,20 +89,7 @@ async fn nodes_refuse_the_other_protocols_messages_over_grpc() {
     let prf = ring.clone() + KEYED_PRF;
     let cluster = Cluster::start(&banks, &[&ring, &prf]).await;
     let setup = async |text: &str, i: usize| {
-        let session = SessionRef {
-            sid: SessionId::random(&mut os_rng()).as_bytes().to_vec(),
-            analysis_hash: Analysis::parse(text).unwrap().hash().0.to_vec(),
-        };
-        let r = cluster
-            .client(i)
-            .await
-            .setup(SetupRequest {
-                session: Some(session.clone()),
-                analysis_toml: text.to_string(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let (session, r) = cluster.open_session(i, text).await;
         (session, r.sealed_group_keys)
     };
     // ecdh-ring: no box at setup; one at the local step is refused.
@@ -156,6 +143,50 @@ async fn nodes_refuse_the_other_protocols_messages_over_grpc() {
         .into_inner();
     let err = replies.message().await.unwrap_err();
     assert!(err.message().contains("keyed-prf"), "{}", err.message());
+    assert!(cluster.results(0).is_empty() && cluster.results(1).is_empty());
+    cluster.stop().await;
+}
+
+/// A node parses the coordinator's position bitmap strictly before its
+/// session sees it: a bitmap other than one bit a row of the list (an
+/// earlier coordinator's varint positions arrive as none at all), or with a
+/// bit past the list's end, is refused as an invalid argument naming the
+/// cause, and nothing is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn position_bitmaps_are_parsed_strictly_over_grpc() {
+    use cleanroom_proto::v1::MaskSumRequest;
+    let banks = banks(2, 14);
+    let text = analysis_text(2, 1, 1);
+    let cluster = Cluster::start(&banks, &[&text]).await;
+    for (list_len, positions, cause) in [
+        (
+            16u64,
+            vec![0xffu8],
+            "bitmap of 1 bytes for a list of 16 rows",
+        ),
+        (16, Vec::new(), "bitmap of 0 bytes for a list of 16 rows"),
+        (
+            12,
+            vec![0, 0x10],
+            "position 12 out of range for a list of 12 rows",
+        ),
+    ] {
+        let (session, _) = cluster.open_session(1, &text).await;
+        let mut client = cluster.client(1).await;
+        let err = client
+            .mask_sum(MaskSumRequest {
+                session: Some(session),
+                owner: 0,
+                list_len,
+                positions,
+                pad: vec![0],
+                ..MaskSumRequest::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains(cause), "{}", err.message());
+    }
     assert!(cluster.results(0).is_empty() && cluster.results(1).is_empty());
     cluster.stop().await;
 }

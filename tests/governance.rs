@@ -387,8 +387,9 @@ impl WireTap for Recorder {
 
 /// What a party received, reduced to what can carry data: byte strings and
 /// text (searched for keys and encoded numbers) and value-carrying numbers
-/// (masked values, pads, sums, counts). Structural numbers (list lengths,
-/// positions, ring indices) are left out: they are the documented leakage.
+/// (masked values, pads, sums, counts). Structural values (list lengths,
+/// the position bitmaps, ring indices) are left out: they are the documented
+/// leakage.
 #[derive(Default, Debug)]
 struct Received {
     bytes: Vec<Vec<u8>>,

@@ -103,6 +103,66 @@ fn recipient_cannot_tell_which_of_its_rows_matched() {
     }
 }
 
+/// The unmasker's request carries the position set as a bitmap of the list
+/// and the pad as fixed 64-bit words: its size is fixed by the list's length
+/// and width (which the unmasker verifies, and which the list's stream
+/// already shows on the network), whatever the count. The earlier ascending
+/// varints grew with the count and their values, so even the TLS record
+/// sizes told a network observer roughly `m`.
+#[test]
+fn mask_sum_request_size_is_independent_of_the_count() {
+    use cleanroom_proto::v1::{MaskSumRequest, SessionRef};
+    use prost::Message;
+    let a = two_party("bank-b", "");
+    let b_rows: Vec<Row> = (0..40)
+        .map(|i| Row::new(key(&format!("k{i}")), vec![i]))
+        .collect();
+    let mut sizes = Vec::new();
+    for matched in [0usize, 1, 17, 40] {
+        // Bank A: 40 keys, `matched` of them also bank B's.
+        let a_rows: Vec<Row> = (0..40)
+            .map(|i| {
+                let k = if i < matched {
+                    format!("k{i}")
+                } else {
+                    format!("a{i}")
+                };
+                Row::new(key(&k), vec![1])
+            })
+            .collect();
+        let inputs = BTreeMap::from([
+            ("bank-a".to_string(), a_rows),
+            ("bank-b".to_string(), b_rows.clone()),
+        ]);
+        let out = simulate(&a, &inputs, &mut os_rng()).unwrap();
+        assert_eq!(out.release.get("count"), Some(matched as i64));
+        for m in out.transcript.received.iter().flatten() {
+            if let Inbound::MaskSum(r) = m {
+                assert_eq!(r.positions.count(), matched as u64);
+                // The request as the coordinator sends it.
+                let wire = MaskSumRequest {
+                    session: Some(SessionRef {
+                        sid: vec![0; 32],
+                        analysis_hash: vec![0; 32],
+                    }),
+                    owner: r.owner as u32,
+                    list_len: r.list_len,
+                    length_tag: r.length_tag.clone(),
+                    positions: r.positions.to_bytes(),
+                    pad: r.pad.clone(),
+                };
+                sizes.push((r.owner, r.list_len, wire.encoded_len()));
+            }
+        }
+    }
+    // Same list lengths in every run, so the same request sizes.
+    assert_eq!(sizes.len(), 8);
+    for owner in [0, 1] {
+        let mine: Vec<_> = sizes.iter().filter(|s| s.0 == owner).collect();
+        assert!(mine.iter().all(|s| s == &mine[0]), "{sizes:?}");
+    }
+}
+
 /// Under DP the count is drawn once: every unmasker sees `m + z`, and the
 /// released count is that same `m + z` less the public shift, so the count
 /// spends its epsilon once (three parties: three unmaskers).
@@ -130,7 +190,7 @@ fn dp_count_is_one_draw_seen_by_every_unmasker() {
             .iter()
             .flatten()
             .filter_map(|m| match m {
-                Inbound::MaskSum(r) => Some(r.positions.len() as i64),
+                Inbound::MaskSum(r) => Some(r.positions.count() as i64),
                 _ => None,
             })
             .collect();
@@ -368,7 +428,7 @@ fn assert_unmaskers_see_released_counts(out: &cleanroom::protocol::SimulationOut
     let groups = out.release.rows.len() as i64;
     for m in out.transcript.received.iter().flatten() {
         if let Inbound::MaskSum(r) = m {
-            assert_eq!(r.positions.len() as i64, counts + groups * shift);
+            assert_eq!(r.positions.count() as i64, counts + groups * shift);
         }
     }
 }

@@ -258,6 +258,7 @@ fn dp_clamps_to_bounds_and_adds_noise_under(prf: bool) {
 #[test]
 fn node_steps_refuse_misuse() {
     use cleanroom::SessionId;
+    use cleanroom::positions::Positions;
     use cleanroom::protocol::{MaskSumRequest, NodeSession, PeerKeys};
     use cleanroom::share::IdentityKey;
 
@@ -356,7 +357,7 @@ fn node_steps_refuse_misuse() {
         owner,
         list_len: len,
         length_tag: Vec::new(),
-        positions: (0..n).collect(),
+        positions: Positions::from_ascending(len, &(0..n).collect::<Vec<_>>()).unwrap(),
         pad: vec![7, 9],
     };
     assert!(matches!(
@@ -369,15 +370,18 @@ fn node_steps_refuse_misuse() {
     assert!(unauthenticated(na.mask_sum(&ask(1, 10, 20))));
     na.open_reblind(1, 20, &nb.length_tags(20)[0]).unwrap();
     assert!(unauthenticated(na.mask_sum(&ask(1, 10, 21))));
-    // A pad of the wrong width, or more positions than rows, are refused.
+    // A pad of the wrong width, or positions over another length, are
+    // refused.
     let mut short = ask(1, 10, 20);
     short.pad.pop();
     assert!(matches!(
         na.mask_sum(&short),
         Err(ProtocolError::Violation(_))
     ));
+    let mut longer = ask(1, 10, 20);
+    longer.positions = Positions::from_ascending(21, &[0, 20]).unwrap();
     assert!(matches!(
-        na.mask_sum(&ask(1, 21, 20)),
+        na.mask_sum(&longer),
         Err(ProtocolError::Violation(_))
     ));
     assert!(na.mask_sum(&ask(1, 10, 20)).is_ok());
@@ -434,6 +438,7 @@ fn sessions(
 #[test]
 fn each_protocol_refuses_the_others_messages() {
     use cleanroom::Psi;
+    use cleanroom::positions::Positions;
     use cleanroom::protocol::MaskSumRequest;
     let violation = |r: Result<(), ProtocolError>, what: &str| {
         assert!(
@@ -460,7 +465,7 @@ fn each_protocol_refuses_the_others_messages() {
         owner: 0,
         list_len: 20,
         length_tag: tag,
-        positions: vec![1, 2],
+        positions: Positions::from_ascending(20, &[1, 2]).unwrap(),
         pad: vec![0, 0],
     };
     assert!(matches!(
@@ -516,7 +521,7 @@ fn each_protocol_refuses_the_others_messages() {
         owner: 0,
         list_len,
         length_tag: tag,
-        positions: vec![1, 2],
+        positions: Positions::from_ascending(list_len, &[1, 2]).unwrap(),
         pad: vec![0, 0],
     };
     assert!(matches!(

@@ -637,6 +637,7 @@ async fn drive(
     drop(finals);
     clock.start("release");
     let release = progress.phase("release", n as u64 + 1);
+    let plan = &plan;
     let sealed = try_join_all(lists.iter().enumerate().map(|(owner, list)| {
         let u = ring::unmasker(owner, n);
         // keyed-prf: the owner's length tag for the unmasker, which saw no
@@ -645,19 +646,19 @@ async fn drive(
             Psi::KeyedPrf => std::mem::take(&mut length_tags[owner][u]),
             Psi::EcdhRing => Vec::new(),
         };
-        let ask = plan.mask_sum_request(owner, list.len, tag);
         let unmasker = &peers[u];
         let pb = release.clone();
         async move {
             if list.width == 0 {
                 return Ok(Vec::new());
             }
+            let ask = plan.mask_sum_request(owner, list.len, tag);
             let req = MaskSumRequest {
                 session: Some(session.clone()),
                 owner: owner as u32,
                 list_len: ask.list_len,
                 length_tag: ask.length_tag,
-                positions: ask.positions,
+                positions: ask.positions.to_bytes(),
                 pad: ask.pad,
             };
             unmasker.traffic.sent(req.encoded_len());

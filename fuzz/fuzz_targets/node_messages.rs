@@ -1,12 +1,13 @@
 //! What a node does with the coordinator's messages, on arbitrary bytes:
 //! a re-blind stream's length, tag and points (point decoding, chunk
-//! sizes, sender tags), and a mask-sum request's sizes and positions.
+//! sizes, sender tags), and a mask-sum request's sizes and position bitmap.
 //! Errors, never a panic, never more points re-blinded than the
 //! authenticated length, and never an untagged chunk.
 #![no_main]
 
 use std::sync::OnceLock;
 
+use cleanroom::positions::Positions;
 use cleanroom::protocol::{MaskSumRequest, NodeSession, PeerKeys};
 use cleanroom::share::IdentityKey;
 use cleanroom::{Analysis, SessionId};
@@ -76,18 +77,24 @@ fuzz_target!(|data: &[u8]| {
             assert!(r.is_err() || !tag.is_empty(), "re-blinded an untagged chunk");
         }
     }
-    // A mask sum with fuzzed sizes and positions (b unmasks a's list).
-    let positions: Vec<u64> = rest
-        .chunks(8)
-        .map(|c| {
-            let mut w = [0u8; 8];
-            w[..c.len()].copy_from_slice(c);
-            u64::from_le_bytes(w) % (rows + 2)
-        })
-        .collect();
+    // A mask sum with fuzzed sizes and a fuzzed position bitmap, parsed
+    // strictly as the node's service does (b unmasks a's list). The length
+    // the bitmap is read against is the authenticated one, or (bit 1 of
+    // data[6]) the one the fuzzed bytes imply.
+    let len = if data[6] & 2 == 0 {
+        rows
+    } else {
+        rest.len() as u64 * 8 - u64::from(data[7] % 8)
+    };
+    let Ok(positions) = Positions::from_bytes(rest, len) else {
+        return;
+    };
+    assert_eq!(positions.list_len(), len);
+    assert!(positions.iter().all(|p| p < len));
+    assert_eq!(Positions::from_bytes(&positions.to_bytes(), len).as_ref(), Ok(&positions));
     let req = MaskSumRequest {
         owner,
-        list_len: rows,
+        list_len: len,
         length_tag: Vec::new(),
         positions,
         pad: vec![u64::from(data[4]); (data[5] % 4) as usize],

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use cleanroom::positions::Positions;
 use cleanroom::protocol::ReblindStream as ReblindState;
 use cleanroom::protocol::encode;
 use cleanroom::protocol::{Delivery, MaskShare, MaskSumRequest as CoreMaskSum, NodeSession};
@@ -997,18 +998,23 @@ impl Node for NodeService {
         let who = self.authorize(&req)?;
         let r = req.into_inner();
         let s = self.session(&r.session, &who)?;
-        let core = CoreMaskSum {
-            owner: r.owner as usize,
-            list_len: r.list_len,
-            length_tag: r.length_tag,
-            positions: r.positions,
-            pad: r.pad,
-        };
         let (s2, store) = (s.clone(), self.store.clone());
         // The audit record is written with the share, in the same worker:
         // if the caller's deadline drops this call, the computed share is
         // never sent but the record of it stays (write-ahead audit).
         let share = blocking(move || {
+            // The bitmap is parsed strictly (exactly one bit a row of the
+            // list, nothing past its end) before the session sees it.
+            let positions = Positions::from_bytes(&r.positions, r.list_len)
+                .map_err(|e| proto_status(e.into()))?;
+            let core = CoreMaskSum {
+                owner: r.owner as usize,
+                list_len: r.list_len,
+                length_tag: r.length_tag,
+                positions,
+                pad: r.pad,
+            };
+            drop(r.positions);
             let share = s2.with_mut(|proto| proto.mask_sum(&core).map_err(proto_status))?;
             store
                 .log(&s2.record(&store, Event::MaskSum))

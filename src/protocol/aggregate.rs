@@ -8,7 +8,7 @@ use rand::CryptoRng;
 
 use super::{Layout, MaskSumRequest, MaskedList, ProtocolError, match_lists};
 use crate::analysis::{Aggregate, Analysis};
-use crate::share::check_positions;
+use crate::positions::Positions;
 
 /// What the coordinator has decided after matching.
 ///
@@ -21,7 +21,7 @@ pub struct ReleasePlan {
     /// Exact number of matched keys (known to the coordinator only).
     pub matched: u64,
     /// Per list: matched positions plus, under DP, some dummy positions.
-    pub positions: Vec<Vec<u64>>,
+    pub positions: Vec<Positions>,
     /// Per list: the one-time pad `r_i`, uniform, one word per masked slot
     /// (empty for lists without features).
     pub pads: Vec<Vec<u64>>,
@@ -187,19 +187,23 @@ pub fn plan_release<R: CryptoRng + ?Sized>(
     })
 }
 
-/// `Y = Σ_{j ∈ positions} y_j mod 2^64` over a flat masked matrix.
+/// `Y = Σ_{j ∈ positions} y_j mod 2^64` over a flat masked matrix of
+/// `positions.list_len()` rows.
 pub fn sum_masked(
     masked: &[u64],
     width: usize,
-    positions: &[u64],
+    positions: &Positions,
 ) -> Result<Vec<u64>, ProtocolError> {
     let mut sum = vec![0u64; width];
+    if masked.len() as u64 != positions.list_len().saturating_mul(width as u64) {
+        return Err(ProtocolError::Violation(
+            "positions over another length than the masked list's".into(),
+        ));
+    }
     if width == 0 {
         return Ok(sum);
     }
-    let len = (masked.len() / width) as u64;
-    check_positions(positions, len)?;
-    for &p in positions {
+    for p in positions.iter() {
         let row = &masked[p as usize * width..(p as usize + 1) * width];
         crate::share::add_assign(&mut sum, row);
     }
@@ -231,8 +235,8 @@ pub fn draw_count_noise<R: CryptoRng + ?Sized>(
 }
 
 /// Step 7 (DP only): hides the match count from the unmasker of list `list`.
-/// Appends dummy positions (zero features, or the group indicator at the
-/// grouping party) to the matched positions and sorts them: `zs[g]` from the
+/// Adds dummy positions (zero features, or the group indicator at the
+/// grouping party) to the matched positions: `zs[g]` from the
 /// grouping party's block `g`, `Σ zs` from the whole pool of any other list.
 /// Every unmasker then sees `m + Σ zs`; the grouping party's indicator sums
 /// become `m_g + z_g`. Without DP, does nothing (and expects no dummies).
@@ -240,7 +244,7 @@ pub fn add_dummy_positions<R: CryptoRng + ?Sized>(
     analysis: &Analysis,
     layout: &Layout,
     list: usize,
-    positions: &mut Vec<u64>,
+    positions: &mut Positions,
     dummies: &[u64],
     zs: &[u64],
     rng: &mut R,
@@ -255,24 +259,27 @@ pub fn add_dummy_positions<R: CryptoRng + ?Sized>(
     if expected == 0 {
         return Ok(());
     }
-    let matched: std::collections::HashSet<u64> = positions.iter().copied().collect();
-    if dummies.iter().any(|d| matched.contains(d)) {
+    if dummies.iter().any(|&d| positions.contains(d)) {
         return Err(ProtocolError::Violation("a dummy row matched".into()));
     }
     let block = expected / layout.groups();
     let mut pick = |pool: &[u64], z: usize| {
         let mut pool = pool.to_vec();
         let (chosen, _) = rand::seq::SliceRandom::partial_shuffle(pool.as_mut_slice(), rng, z);
-        positions.extend_from_slice(chosen);
+        for &d in chosen.iter() {
+            if !positions.insert(d)? {
+                return Err(ProtocolError::Violation("dummy rows repeat".into()));
+            }
+        }
+        Ok(())
     };
     if layout.count_slot(0).is_some_and(|(p, _)| p == list) {
         for (g, &z) in zs.iter().enumerate() {
-            pick(&dummies[g * block..(g + 1) * block], z as usize);
+            pick(&dummies[g * block..(g + 1) * block], z as usize)?;
         }
     } else {
-        pick(dummies, zs.iter().sum::<u64>() as usize);
+        pick(dummies, zs.iter().sum::<u64>() as usize)?;
     }
-    positions.sort_unstable();
     Ok(())
 }
 
@@ -300,15 +307,17 @@ mod tests {
         let dummies: Vec<u64> = (100..100 + 2 * shift).collect();
         let mut rng = ChaCha20Rng::seed_from_u64(9);
         let mut total = 0u64;
+        let len = 100 + 2 * shift;
         for _ in 0..2000 {
-            let mut pos = vec![1, 5, 7];
+            let mut pos = Positions::from_ascending(len, &[1, 5, 7]).unwrap();
             let zs = draw_count_noise(&a, &mut rng).unwrap();
             add_dummy_positions(&a, &layout, 0, &mut pos, &dummies, &zs, &mut rng).unwrap();
-            let z = pos.len() as u64 - 3;
+            let z = pos.count() - 3;
             assert_eq!(z, zs[0]);
             assert!(z <= 2 * shift);
-            assert!(pos.windows(2).all(|w| w[0] < w[1]), "sorted and distinct");
-            assert!(pos[3..].iter().all(|p| dummies.contains(p)));
+            let all: Vec<u64> = pos.iter().collect();
+            assert_eq!(all[..3], [1, 5, 7]);
+            assert!(all[3..].iter().all(|p| dummies.contains(p)));
             total += z;
         }
         let mean = total as f64 / 2000.0;
@@ -321,17 +330,47 @@ mod tests {
         let a = analysis("epsilon = 1.0");
         let layout = Layout::new(&a);
         let zs = draw_count_noise(&a, &mut rng).unwrap();
+        let len = 10 * a.dp_dummy_rows();
+        let set = |p: &[u64]| Positions::from_ascending(len, p).unwrap();
         assert!(matches!(
-            add_dummy_positions(&a, &layout, 0, &mut vec![1], &[2, 3], &zs, &mut rng),
+            add_dummy_positions(&a, &layout, 0, &mut set(&[1]), &[2, 3], &zs, &mut rng),
             Err(ProtocolError::Violation(_))
         ));
         let dummies: Vec<u64> = (0..a.dp_dummy_rows()).collect();
         assert!(matches!(
-            add_dummy_positions(&a, &layout, 0, &mut vec![0], &dummies, &zs, &mut rng),
+            add_dummy_positions(&a, &layout, 0, &mut set(&[0]), &dummies, &zs, &mut rng),
+            Err(ProtocolError::Violation(_))
+        ));
+        // Dummies outside the list, or repeated.
+        let outside: Vec<u64> = (len..len + a.dp_dummy_rows()).collect();
+        let all_picked = vec![a.dp_dummy_rows(); zs.len()];
+        assert!(matches!(
+            add_dummy_positions(
+                &a,
+                &layout,
+                0,
+                &mut set(&[]),
+                &outside,
+                &all_picked,
+                &mut rng
+            ),
+            Err(ProtocolError::Positions(_))
+        ));
+        let repeated = vec![1; a.dp_dummy_rows() as usize];
+        assert!(matches!(
+            add_dummy_positions(
+                &a,
+                &layout,
+                0,
+                &mut set(&[]),
+                &repeated,
+                &all_picked,
+                &mut rng
+            ),
             Err(ProtocolError::Violation(_))
         ));
         let plain = analysis("min_matched = 1");
-        let mut pos = vec![4];
+        let mut pos = set(&[4]);
         add_dummy_positions(
             &plain,
             &Layout::new(&plain),
@@ -342,6 +381,6 @@ mod tests {
             &mut rng,
         )
         .unwrap();
-        assert_eq!(pos, vec![4]);
+        assert_eq!(pos, set(&[4]));
     }
 }

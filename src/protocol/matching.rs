@@ -10,8 +10,9 @@
 //! each other list. Both hashes (the split and the tables) are foldhash
 //! under seeds drawn from the OS per run, so a bank that crafts its points
 //! (without ever seeing a hash) cannot steer them into one partition or make
-//! lookups collide. Each list's matched positions are then read out
-//! ascending from a bitmap of the list (one bit a row) rather than sorted.
+//! lookups collide. Each list's matched positions are then marked in a
+//! bitmap of the list (one bit a row), which is also what the unmasker is
+//! sent.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -23,6 +24,7 @@ use rand::Rng;
 use rayon::prelude::*;
 
 use super::ProtocolError;
+use crate::positions::Positions;
 use crate::session::os_rng;
 
 /// foldhash keyed from the OS's generator: the process-wide part drawn once,
@@ -34,14 +36,14 @@ fn keyed_hasher() -> SeedableRandomState {
     SeedableRandomState::with_seed(os_rng().next_u64(), shared)
 }
 
-/// The intersection: per list, the positions (ascending) of matched keys.
+/// The intersection: per list, the set of its matched positions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Matches {
     /// Number of keys present in all lists.
     pub count: u64,
-    /// `positions[i]`: matched positions in list `i`, ascending. The order hides
-    /// the pairing between lists from each unmasker.
-    pub positions: Vec<Vec<u64>>,
+    /// `positions[i]`: matched positions in list `i`, as a set (a bitmap
+    /// of the list, read ascending): it holds no pairing between lists.
+    pub positions: Vec<Positions>,
 }
 
 const NONE: u32 = u32::MAX;
@@ -180,7 +182,10 @@ pub fn match_lists(
     else {
         return Ok(Matches {
             count: 0,
-            positions: vec![Vec::new(); n],
+            positions: lists
+                .iter()
+                .map(|l| Positions::new((l.len() / point_len) as u64))
+                .collect::<Result<_, _>>()?,
         });
     };
     let others: Vec<usize> = (0..n).filter(|&i| i != base).collect();
@@ -209,8 +214,7 @@ pub fn match_lists(
         let list = others.get(o).copied().unwrap_or(base);
         return Err(ProtocolError::RepeatedPoint(names[list].to_string()));
     }
-    // Each list's matched positions, ascending: marked in a bitmap of the
-    // list (one bit a row), then read out in order (no sort).
+    // Each list's matched positions, marked in a bitmap of the list.
     let width = others.len() + 1;
     let joined: Vec<Vec<u32>> = joined.into_iter().flatten().collect();
     let count = joined.iter().map(|r| r.len() / width).sum::<usize>() as u64;
@@ -219,37 +223,30 @@ pub fn match_lists(
         Some(o) => o + 1,
         None => 0,
     };
-    let positions: Vec<Vec<u64>> = (0..n)
+    let positions: Vec<Positions> = (0..n)
         .into_par_iter()
         .map(|list| {
             let column = column(list);
-            let rows = lists[list].len() / point_len;
-            let mut bits = vec![0u64; rows.div_ceil(64)];
+            let mut set = Positions::new((lists[list].len() / point_len) as u64)?;
             for part in &joined {
-                for row in part.chunks_exact(width) {
-                    let at = row[column] as usize;
-                    bits[at / 64] |= 1 << (at % 64);
-                }
-            }
-            let mut out = Vec::with_capacity(count as usize);
-            for (w, &word) in bits.iter().enumerate() {
-                let mut word = word;
-                while word != 0 {
-                    out.push((w * 64) as u64 + u64::from(word.trailing_zeros()));
-                    word &= word - 1;
-                }
+                set.mark(part.chunks_exact(width).map(|row| row[column]));
             }
             // `join` refuses a point matched twice, so no bit is set twice.
-            debug_assert_eq!(out.len() as u64, count);
-            out
+            debug_assert_eq!(set.count(), count);
+            Ok(set)
         })
-        .collect();
+        .collect::<Result<_, ProtocolError>>()?;
     Ok(Matches { count, positions })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each list's matched positions, ascending.
+    fn ascending(m: &Matches) -> Vec<Vec<u64>> {
+        m.positions.iter().map(|p| p.iter().collect()).collect()
+    }
 
     #[test]
     fn finds_common_points() {
@@ -258,7 +255,7 @@ mod tests {
         let c = [2u8, 4, 5, 6];
         let m = match_lists(&[&a, &b, &c], 1, &["a", "b", "c"]).unwrap();
         assert_eq!(m.count, 2);
-        assert_eq!(m.positions, vec![vec![1, 3], vec![0, 2], vec![0, 1]]);
+        assert_eq!(ascending(&m), vec![vec![1, 3], vec![0, 2], vec![0, 1]]);
         assert!(matches!(
             match_lists(&[&[1u8, 1], &[1u8, 2]], 1, &["a", "b"]),
             Err(ProtocolError::RepeatedPoint(p)) if p == "a"
@@ -281,7 +278,8 @@ mod tests {
         let empty = match_lists(&[&[], &[1u8]], 1, &["a", "b"]).unwrap();
         assert_eq!(empty.count, 0);
         let one = match_lists(&[&[5u8, 6, 7]], 1, &["a"]).unwrap();
-        assert_eq!((one.count, one.positions), (3, vec![vec![0, 1, 2]]));
+        assert_eq!((one.count, ascending(&one)), (3, vec![vec![0, 1, 2]]));
+        assert_eq!(empty.positions[1].list_len(), 1);
     }
 
     /// The plain intersection, by sorting: positions per list, ascending.
@@ -337,10 +335,10 @@ mod tests {
         let m = match_lists(&refs, 16, &["a", "b", "c"]).unwrap();
         let want = reference(&lists);
         assert_eq!(m.count, 1500);
-        assert_eq!(m.positions, want);
+        assert_eq!(ascending(&m), want);
         let two = match_lists(&refs[..2], 16, &["a", "b"]).unwrap();
         assert_eq!(two.count, 5000);
-        assert_eq!(two.positions, reference(&lists[..2]));
+        assert_eq!(ascending(&two), reference(&lists[..2]));
         // Repeats: in the shortest list, always named first.
         let mut shortest = lists[1].clone();
         shortest.push(shortest[10]);

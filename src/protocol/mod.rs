@@ -18,6 +18,7 @@ use thiserror::Error;
 
 use crate::analysis::Analysis;
 use crate::dp::DpError;
+use crate::positions::{Positions, PositionsError};
 use crate::psi::PsiError;
 use crate::share::ShareError;
 
@@ -86,8 +87,9 @@ pub struct MaskSumRequest {
     /// ecdh-ring the length arrived authenticated with the re-blind stream,
     /// and this is empty). Pseudorandom to the receiver but for verifying.
     pub length_tag: Vec<u8>,
-    /// Matched positions (plus DP dummy positions), ascending.
-    pub positions: Vec<u64>,
+    /// Matched positions (plus DP dummy positions) of the list, as a set
+    /// over its `list_len` rows (on the wire: a bitmap of the list).
+    pub positions: Positions,
     /// The coordinator's one-time pad `r_i`, one word per masked slot: the
     /// unmasker returns `M_i + r_i`, so the recipient never sees `M_i` or
     /// `Y_i` alone (DESIGN step 5).
@@ -100,9 +102,12 @@ pub enum ProtocolError {
     /// A point list was malformed.
     #[error(transparent)]
     Psi(#[from] PsiError),
-    /// Masking, positions or sealing failed.
+    /// Masking, key handling or sealing failed.
     #[error(transparent)]
     Share(#[from] ShareError),
+    /// A position set was malformed (step 5).
+    #[error(transparent)]
+    Positions(#[from] PositionsError),
     /// Noise parameters were invalid.
     #[error(transparent)]
     Dp(#[from] DpError),

@@ -520,18 +520,16 @@ impl NodeSession {
                 req.list_len
             )));
         }
-        if req.list_len > MAX_LIST_ROWS || req.positions.len() as u64 > req.list_len {
+        if req.list_len > MAX_LIST_ROWS || req.positions.list_len() != req.list_len {
             return Err(ProtocolError::Violation(
-                "position list or list length out of bounds".into(),
+                "list length out of bounds, or positions over another length".into(),
             ));
         }
         let min = self.analysis.privacy.min_matched;
-        if self.analysis.privacy.dp.is_none() && (req.positions.len() as u64) < min {
+        if self.analysis.privacy.dp.is_none() && req.positions.count() < min {
             return Err(ProtocolError::TooFewMatches);
         }
-        let mut sum = self
-            .pred_seed
-            .mask_sum(&req.positions, width, req.list_len)?;
+        let mut sum = self.pred_seed.mask_sum(&req.positions, width);
         share::add_assign(&mut sum, &req.pad);
         self.mask_sum_done = true;
         match &self.seal {

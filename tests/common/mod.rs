@@ -294,6 +294,39 @@ impl Cluster {
         NodeClient::new(channel)
     }
 
+    /// Opens a fresh session of `analysis` at node `i` (its setup, as the
+    /// coordinator): the session's reference and the node's answer.
+    pub async fn open_session(
+        &self,
+        i: usize,
+        analysis: &str,
+    ) -> (
+        cleanroom_proto::v1::SessionRef,
+        cleanroom_proto::v1::SetupResponse,
+    ) {
+        let session = cleanroom_proto::v1::SessionRef {
+            sid: cleanroom::SessionId::random(&mut cleanroom::session::os_rng())
+                .as_bytes()
+                .to_vec(),
+            analysis_hash: cleanroom::Analysis::parse(analysis)
+                .unwrap()
+                .hash()
+                .0
+                .to_vec(),
+        };
+        let answer = self
+            .client(i)
+            .await
+            .setup(cleanroom_proto::v1::SetupRequest {
+                session: Some(session.clone()),
+                analysis_toml: analysis.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (session, answer)
+    }
+
     pub fn results(&self, i: usize) -> Vec<cleanroom::protocol::Release> {
         Store::at(&self.configs[i].state_dir)
             .unwrap()
