@@ -1,16 +1,17 @@
 //! Steps 2 and 3, streamed: one list from its owner's local step through
 //! every hop of its route, chunk by chunk. Chunk `k` of a list can be at hop
 //! 2 while chunk `k+1` is at hop 1; the coordinator keeps a list's masked
-//! values and its final 16-byte elements, and holds 32-byte points only
-//! while forwarding them from one hop to the next. Under keyed-prf the route
-//! is empty: the owner's 16-byte tags are the final list.
+//! values and its final 16-byte elements (split into the matching's
+//! partitions as they arrive), and holds 32-byte points only while
+//! forwarding them from one hop to the next. Under keyed-prf the route is
+//! empty: the owner's 16-byte tags are the final list.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cleanroom::Psi;
-use cleanroom::protocol::{MAX_LIST_ROWS, MaskedList, ProtocolError, encode};
+use cleanroom::protocol::{FinalList, MAX_LIST_ROWS, MaskedList, ProtocolError, Split, encode};
 use cleanroom::psi::{POINT_LEN, TRUNCATED_LEN};
 use cleanroom_proto::CHUNK_POINTS;
 use cleanroom_proto::v1::{ListChunk, LocalStepRequest, PointChunk, ReblindChunk, SessionRef};
@@ -104,8 +105,9 @@ impl Hop<'_> {
 pub(crate) struct RingOutput {
     /// Masked values, width, length, dummies.
     pub masked: MaskedList,
-    /// The final elements (truncated points, or tags), in list order.
-    pub finals: Vec<u8>,
+    /// The final elements (truncated points, or tags), split into
+    /// partitions as they arrived (`None` only inside the ring's stages).
+    pub finals: Option<FinalList>,
     /// The owner's length tags, one per party in ring order (under
     /// keyed-prf the unmasker's goes with the mask-sum request; under
     /// ecdh-ring they were relayed to the hops and these are empty).
@@ -123,6 +125,8 @@ pub(crate) struct ListJob {
     /// keyed-prf: the group key the first party sealed for the owner
     /// (empty for the first party itself, and under ecdh-ring).
     pub sealed_group_key: Vec<u8>,
+    /// The run's split of final lists into partitions (one for all lists).
+    pub split: Split,
 }
 
 /// Streams list `owner` from its local step through its route. The
@@ -141,7 +145,9 @@ pub(crate) async fn through_ring(
         owner,
         width,
         sealed_group_key,
+        split,
     } = job;
+    let split = &split;
     let (stall, local_limit) = (deadlines.stall, deadlines.local);
     let n = peers.len();
     let route = encode::route(psi, owner, n);
@@ -187,6 +193,7 @@ pub(crate) async fn through_ring(
             first_chunk,
             local,
             None,
+            split,
             encode::element_len(psi),
             stall,
             session,
@@ -243,6 +250,7 @@ pub(crate) async fn through_ring(
                 first_chunk,
                 local,
                 Some(hop),
+                split,
                 POINT_LEN,
                 stall,
                 session,
@@ -254,7 +262,7 @@ pub(crate) async fn through_ring(
             .await?;
             Ok(Some(RingOutput {
                 masked,
-                finals: Vec::new(),
+                finals: None,
                 length_tags: Vec::new(),
             }))
         }
@@ -274,12 +282,13 @@ pub(crate) async fn through_ring(
         let mine = owed[k].clone();
         stages.push(Box::pin(async move {
             let finals = relay(
-                from, reply, mine, out_len, next, stall, session, owner, &announced, finished,
+                from, reply, mine, out_len, next, split, stall, session, owner, &announced,
+                finished,
             )
             .await?;
             Ok(finals.map(|finals| RingOutput {
                 masked: MaskedList::default(),
-                finals,
+                finals: Some(finals),
                 length_tags: Vec::new(),
             }))
         }));
@@ -300,13 +309,15 @@ pub(crate) async fn through_ring(
 /// Reads the owner's local step: keeps masked values and dummies, checks
 /// every size against the announced length, and forwards the elements
 /// (`elem` bytes each) to the first hop, or, without a hop (keyed-prf),
-/// keeps them as the final list, returned with the masked list.
+/// splits them as the final list (under `split`), returned with the masked
+/// list.
 #[allow(clippy::too_many_arguments)]
 async fn feed(
     source: &Peer,
     first_chunk: ListChunk,
     mut local: Streaming<ListChunk>,
     mut hop: Option<Hop<'_>>,
+    split: &Split,
     elem: usize,
     stall: Duration,
     session: &SessionRef,
@@ -314,12 +325,12 @@ async fn feed(
     width: usize,
     announced: &Announced,
     received: &ProgressBar,
-) -> Result<(MaskedList, Vec<u8>), CoordinatorError> {
+) -> Result<(MaskedList, Option<FinalList>), CoordinatorError> {
     let mut list = MaskedList {
         width,
         ..MaskedList::default()
     };
-    let mut finals = Vec::new();
+    let mut finals = None;
     let mut rows = 0u64;
     let mut first = true;
     let mut pending = Some(first_chunk);
@@ -345,6 +356,11 @@ async fn feed(
                 return Err(source.bad("more dummy positions than rows"));
             }
             list.dummies = chunk.dummy_positions.clone();
+            if hop.is_none() {
+                finals = Some(
+                    FinalList::new(split, elem, list.len).map_err(|e| source.bad(e.to_string()))?,
+                );
+            }
         } else if chunk.total_rows != list.len {
             return Err(source.bad("inconsistent list length"));
         } else if !chunk.dummy_positions.is_empty() || !chunk.length_tags.is_empty() {
@@ -374,8 +390,10 @@ async fn feed(
                 if !chunk.chunk_tag.is_empty() {
                     return Err(source.bad("a chunk tag in a list that goes to no hop"));
                 }
-                let limit = (list.len as usize).saturating_mul(elem);
-                append_bounded(&mut finals, &chunk.points, limit);
+                if let Some(f) = &mut finals {
+                    f.push(&chunk.points)
+                        .map_err(|e| source.bad(e.to_string()))?;
+                }
             }
         }
     }
@@ -390,7 +408,8 @@ async fn feed(
 }
 
 /// Reads one hop's re-blinded chunks and forwards them to the next hop, or,
-/// after the last hop, keeps them as the list's final points.
+/// after the last hop, splits them (under `split`) as the list's final
+/// points.
 #[allow(clippy::too_many_arguments)]
 async fn relay(
     from: &Peer,
@@ -398,13 +417,14 @@ async fn relay(
     owed: Arc<AtomicU64>,
     out_len: usize,
     mut next: Option<Hop<'_>>,
+    split: &Split,
     stall: Duration,
     session: &SessionRef,
     owner: usize,
     announced: &Announced,
     finished: &ProgressBar,
-) -> Result<Option<Vec<u8>>, CoordinatorError> {
-    let mut finals = Vec::new();
+) -> Result<Option<FinalList>, CoordinatorError> {
+    let mut finals: Option<FinalList> = None;
     let mut rows = 0u64;
     let returned = AtomicU64::new(0);
     // The hop owes points it was sent, and, once it returned the whole
@@ -431,8 +451,15 @@ async fn relay(
                     .await?
             }
             None => {
-                let limit = announced.get().unwrap_or(0) as usize * out_len;
-                append_bounded(&mut finals, &chunk.points, limit);
+                let bad = |e: ProtocolError| from.bad(e.to_string());
+                let f = match &mut finals {
+                    Some(f) => f,
+                    None => finals.insert(
+                        FinalList::new(split, out_len, announced.get().unwrap_or(0))
+                            .map_err(bad)?,
+                    ),
+                };
+                f.push(&chunk.points).map_err(bad)?;
                 finished.inc(k);
             }
         }
@@ -443,5 +470,13 @@ async fn relay(
             announced.get().unwrap_or(0)
         )));
     }
-    Ok(next.is_none().then_some(finals))
+    if next.is_some() {
+        return Ok(None);
+    }
+    match finals {
+        Some(f) => Ok(Some(f)),
+        None => Ok(Some(
+            FinalList::new(split, out_len, 0).map_err(|e| from.bad(e.to_string()))?,
+        )),
+    }
 }

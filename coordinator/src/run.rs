@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cleanroom::prf::SEALED_GROUP_KEY_LEN;
-use cleanroom::protocol::{Layout, ProtocolError, plan_release, ring};
+use cleanroom::protocol::{Layout, ProtocolError, Split, plan_release, ring};
 use cleanroom::session::os_rng;
 use cleanroom::{Analysis, AnalysisHash, Psi, SessionId};
 use cleanroom_node::tls::TlsMaterial;
@@ -603,6 +603,9 @@ async fn drive(
     let received = progress.phase("local steps", 0);
     let finished = progress.phase("blinding ring", 0);
     let layout = &layout;
+    // One split of the final lists into partitions for the whole run, so
+    // they can be matched partition by partition.
+    let split = &Split::new();
     let outputs = try_join_all(boxes.into_iter().enumerate().map(|(owner, sealed)| {
         let (received, finished) = (received.clone(), finished.clone());
         async move {
@@ -611,6 +614,7 @@ async fn drive(
                 owner,
                 width: layout.row_width(owner),
                 sealed_group_key: sealed,
+                split: split.clone(),
             };
             let out = through_ring(peers, session, job, deadlines, &received, &finished).await?;
             received.inc_length(out.masked.len);
@@ -626,7 +630,11 @@ async fn drive(
     let mut length_tags = Vec::with_capacity(n);
     for o in outputs {
         lists.push(o.masked);
-        finals.push(o.finals);
+        finals.push(
+            o.finals.ok_or_else(|| {
+                ProtocolError::Violation("the ring produced no final list".into())
+            })?,
+        );
         length_tags.push(o.length_tags);
     }
 

@@ -8,8 +8,8 @@ use cleanroom_proto::{KEEPALIVE, KEEPALIVE_TIMEOUT, MAX_MESSAGE_BYTES};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 
 use crate::clock::{Clock, SystemClock};
@@ -23,6 +23,18 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1
 
 /// How often a serving node looks for expired sessions.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The connections a node accepts on `listener`, with `TCP_NODELAY` (a
+/// small answer is sent at once, not held back by Nagle's algorithm until
+/// the peer's delayed acknowledgement, up to 40 ms on Linux) and TCP
+/// keepalive. A server given its own listener applies neither of its
+/// builder's TCP settings, so they are set here.
+pub fn accept(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(KEEPALIVE))
+        .with_keepalive_interval(Some(KEEPALIVE))
+}
 
 /// A node serving in the background. Dropping it does not stop it; call
 /// [`RunningNode::shutdown`].
@@ -125,8 +137,7 @@ pub async fn spawn_with(config: NodeConfig, opts: ServeOptions) -> Result<Runnin
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let router = Server::builder()
         // Dead coordinators and half-open connections are noticed even
-        // when no call is in flight.
-        .tcp_keepalive(Some(KEEPALIVE))
+        // when no call is in flight (TCP keepalive: see `accept`).
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .tls_config(tls.server_config())
@@ -152,7 +163,7 @@ pub async fn spawn_with(config: NodeConfig, opts: ServeOptions) -> Result<Runnin
     let (stop, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(accept(listener), async {
                 let _ = rx.await;
             })
             .await
@@ -165,4 +176,22 @@ pub async fn spawn_with(config: NodeConfig, opts: ServeOptions) -> Result<Runnin
         sweeper,
         health,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    /// Accepted connections send small answers at once (no Nagle delay).
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = accept(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
 }

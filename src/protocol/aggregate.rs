@@ -6,7 +6,7 @@
 
 use rand::CryptoRng;
 
-use super::{Layout, MaskSumRequest, MaskedList, ProtocolError, match_lists};
+use super::{FinalList, Layout, MaskSumRequest, MaskedList, ProtocolError, match_finals};
 use crate::analysis::{Aggregate, Analysis};
 use crate::positions::Positions;
 
@@ -92,7 +92,7 @@ pub struct Delivery {
 pub fn plan_release<R: CryptoRng + ?Sized>(
     analysis: &Analysis,
     lists: &[MaskedList],
-    finals: &[Vec<u8>],
+    finals: &[FinalList],
     rng: &mut R,
 ) -> Result<ReleasePlan, ProtocolError> {
     let layout = Layout::new(analysis);
@@ -112,15 +112,14 @@ pub fn plan_release<R: CryptoRng + ?Sized>(
         ));
     }
     for (i, (f, l)) in finals.iter().zip(lists).enumerate() {
-        if f.len() as u64 != l.len * final_len as u64 {
+        if f.rows() != l.len || f.point_len() != final_len {
             return Err(ProtocolError::Violation(format!(
                 "final list of {} does not have one {final_len}-byte element per row",
                 names[i]
             )));
         }
     }
-    let refs: Vec<&[u8]> = finals.iter().map(Vec::as_slice).collect();
-    let matches = match_lists(&refs, final_len, &names)?;
+    let matches = match_finals(finals, &names)?;
     let m = matches.count;
     let min = analysis.privacy.min_matched;
     let dp = analysis.privacy.dp.as_ref();

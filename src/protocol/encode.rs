@@ -5,7 +5,7 @@
 //! | node | prepare ([`KeyEncoder::encode`]) | `H(sid‖key)·k` (32-byte point) | `HMAC(K, …‖sid‖key)[..16]` |
 //! | node | transform (step 3, [`super::NodeSession::reblind`]) | re-blind by `k`, truncate on the last pass | none |
 //! | coordinator | [`route`] | the other parties in ring order | none |
-//! | coordinator | match ([`super::match_lists`]) | on [`final_len`] bytes (16) | on [`final_len`] bytes (16) |
+//! | coordinator | match ([`super::match_finals`]) | on [`final_len`] bytes (16) | on [`final_len`] bytes (16) |
 //!
 //! Everything else (the list builder's checks, padding, shuffle and masks,
 //! mask sums, DP, thresholds, budget, audit) is shared and does not know

@@ -1,18 +1,27 @@
 //! Step 4: the coordinator finds the points present in every final list.
 //!
-//! A partitioned hash join on all cores: every list is split by a keyed
-//! hash of its points into partitions of about [`PART_ROWS`] rows of the
-//! shortest list (each point copied as two words with its `u32` position,
-//! 24 bytes a row, no other copy); then each partition builds a small table over the
-//! shortest list's part and probes the other lists' parts against it, in
-//! cache. Memory: 24 bytes per row of every list, and per partition being
-//! worked on a table and one `u32` per row of the shortest list's part for
-//! each other list. Both hashes (the split and the tables) are foldhash
-//! under seeds drawn from the OS per run, so a bank that crafts its points
-//! (without ever seeing a hash) cannot steer them into one partition or make
-//! lookups collide. Each list's matched positions are then marked in a
-//! bitmap of the list (one bit a row), which is also what the unmasker is
-//! sent.
+//! A partitioned hash join on all cores. Every list is split by a keyed hash
+//! of its points into partitions while it arrives ([`FinalList::push`], one
+//! pass per chunk as the coordinator receives it): each point is kept as
+//! two words with its `u32` position, 24 bytes a row, no other copy. A
+//! list's partition count follows its announced length (about [`PART_ROWS`]
+//! rows a partition, a power of two, at most 2^16), and partitions are the
+//! top bits of one hash shared by every list of the run ([`Split`]), so a
+//! partition at a lower count holds the same hashes as a range of
+//! partitions at a higher one. Once every list is in, the join runs at the
+//! fewest partitions of any list (normally the shortest list's): each
+//! partition of the shortest list builds a small table and the other
+//! lists' entries for it are probed against it, in cache, each entry once.
+//! Memory: 24 bytes per row of every list and a margin (a partition's
+//! vector grows by doubling as rows arrive, but to the size the
+//! announcement leads to expect rather than past it), 24 bytes per
+//! partition once rows arrive, and per partition being worked on a table
+//! and one `u32` per row of the shortest list's part for each other list.
+//! Both hashes (the split and the tables) are foldhash under seeds drawn
+//! from the OS per run, so a bank that crafts its points (without ever
+//! seeing a hash) cannot steer them into one partition or make lookups
+//! collide. Each list's matched positions are then marked in a bitmap of
+//! the list (one bit a row), which is also what the unmasker is sent.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -23,7 +32,7 @@ use foldhash::quality::SeedableRandomState;
 use rand::Rng;
 use rayon::prelude::*;
 
-use super::ProtocolError;
+use super::{MAX_LIST_ROWS, ProtocolError};
 use crate::positions::Positions;
 use crate::session::os_rng;
 
@@ -48,7 +57,8 @@ pub struct Matches {
 
 const NONE: u32 = u32::MAX;
 
-/// Rows of the shortest list per partition (its table then fits in cache).
+/// Rows per partition a list is split into, by its announced length (the
+/// shortest list's partitions then fit their tables in cache).
 pub const PART_ROWS: usize = 4096;
 
 /// A point (at most 16 bytes, as two words) and its position in its list.
@@ -76,63 +86,203 @@ fn words(p: &[u8]) -> [u64; 2] {
     [v as u64, (v >> 64) as u64]
 }
 
-/// Splits a list of `stride`-byte rows into `parts` (a power of two)
-/// partitions by `split`'s hash of each row's point (its first `point_len`
-/// bytes), positions ascending within each (two passes over the list,
-/// nothing allocated but the partitions).
-fn partition(
-    list: &[u8],
-    stride: usize,
-    point_len: usize,
-    parts: usize,
-    split: &SeedableRandomState,
-) -> Vec<Vec<Entry>> {
-    let shift = 64 - parts.trailing_zeros();
-    let part = |w: &[u64; 2]| {
-        if parts == 1 {
-            0
-        } else {
-            (split.hash_one(w) >> shift) as usize
+/// The keyed hash that splits every final list of one run into
+/// partitions (its top bits), seeded from the OS for the run.
+#[derive(Clone)]
+pub struct Split {
+    hasher: SeedableRandomState,
+    /// Tells splits apart: lists split under different ones cannot be
+    /// matched partition by partition.
+    id: u64,
+}
+
+impl Split {
+    /// A fresh split for one run.
+    pub fn new() -> Self {
+        Split {
+            hasher: keyed_hasher(),
+            id: os_rng().next_u64(),
         }
-    };
-    let mut sizes = vec![0usize; parts];
-    for p in list.chunks_exact(stride) {
-        sizes[part(&words(&p[..point_len]))] += 1;
     }
-    let mut out: Vec<Vec<Entry>> = sizes.iter().map(|&n| Vec::with_capacity(n)).collect();
-    for (at, p) in list.chunks_exact(stride).enumerate() {
-        let point = words(&p[..point_len]);
-        out[part(&point)].push(Entry {
-            point,
-            at: at as u32,
-        });
+}
+
+impl Default for Split {
+    fn default() -> Self {
+        Split::new()
     }
-    out
+}
+
+impl std::fmt::Debug for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Split(<keyed>)")
+    }
+}
+
+/// Most partitions of one list: 2^16 (a list of [`MAX_LIST_ROWS`] rows has
+/// 2^16 of about 4096).
+const MAX_PART_BITS: u32 = 16;
+
+/// One final list as the coordinator receives it, split into partitions
+/// of its points as they arrive.
+#[derive(Clone)]
+pub struct FinalList {
+    split: Split,
+    point_len: usize,
+    /// log2 of the number of partitions.
+    bits: u32,
+    /// Rows a partition is expected to end with (from the announcement):
+    /// a partition's vector grows by doubling, but stops at this (and a
+    /// margin) before doubling again.
+    expected: usize,
+    /// Empty until the first rows arrive.
+    parts: Vec<Vec<Entry>>,
+    rows: u64,
+}
+
+impl std::fmt::Debug for FinalList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FinalList")
+            .field("point_len", &self.point_len)
+            .field("partitions", &(1usize << self.bits))
+            .field("rows", &self.rows)
+            .finish()
+    }
+}
+
+impl FinalList {
+    /// An empty final list of `point_len`-byte points (1 to 16) that its
+    /// owner announced to have `announced` rows: the announcement sets the
+    /// number of partitions (about [`PART_ROWS`] rows each, at most 2^16)
+    /// and nothing is allocated until rows arrive; the first rows allocate
+    /// the partitions' (empty) vectors, 24 bytes each, at most 1.5 MiB.
+    pub fn new(split: &Split, point_len: usize, announced: u64) -> Result<Self, ProtocolError> {
+        if point_len == 0 || point_len > 16 {
+            return Err(ProtocolError::Violation(format!(
+                "final points of {point_len} bytes (1 to 16 expected)"
+            )));
+        }
+        let bits = (announced / PART_ROWS as u64)
+            .max(1)
+            .next_power_of_two()
+            .trailing_zeros()
+            .min(MAX_PART_BITS);
+        let expected = (announced >> bits).min(MAX_LIST_ROWS) as usize;
+        Ok(FinalList {
+            split: split.clone(),
+            point_len,
+            bits,
+            // The expected size plus four standard deviations (hashes
+            // spread rows binomially) and a little.
+            expected: expected + 4 * expected.isqrt() + 64,
+            parts: Vec::new(),
+            rows: 0,
+        })
+    }
+
+    /// A whole list at once (tests and the in-memory run).
+    pub fn from_points(
+        split: &Split,
+        point_len: usize,
+        points: &[u8],
+    ) -> Result<Self, ProtocolError> {
+        let mut list = FinalList::new(split, point_len, (points.len() / point_len.max(1)) as u64)?;
+        list.push(points)?;
+        Ok(list)
+    }
+
+    /// Appends whole points at the next positions, each into its partition.
+    /// A list has at most [`MAX_LIST_ROWS`] rows.
+    pub fn push(&mut self, points: &[u8]) -> Result<(), ProtocolError> {
+        let k = points.len() / self.point_len;
+        if !points.len().is_multiple_of(self.point_len) || self.rows + k as u64 > MAX_LIST_ROWS {
+            return Err(ProtocolError::Violation(format!(
+                "final points are not a whole number of {}-byte points, or more than {MAX_LIST_ROWS}",
+                self.point_len
+            )));
+        }
+        if k == 0 {
+            return Ok(());
+        }
+        if self.parts.is_empty() {
+            self.parts = (0..1usize << self.bits).map(|_| Vec::new()).collect();
+        }
+        let shift = 64 - self.bits;
+        for (i, p) in points.chunks_exact(self.point_len).enumerate() {
+            let point = words(p);
+            let part = self
+                .split
+                .hasher
+                .hash_one(point)
+                .checked_shr(shift)
+                .unwrap_or(0);
+            let v = &mut self.parts[part as usize];
+            if v.len() == v.capacity() {
+                // Doubling, but to the expected size rather than past it:
+                // never more than twice the rows that arrived.
+                let cap = v.capacity();
+                let doubled = (2 * cap).max(8);
+                let to = if cap < self.expected && doubled > self.expected {
+                    self.expected
+                } else {
+                    doubled
+                };
+                v.reserve_exact(to - v.len());
+            }
+            v.push(Entry {
+                point,
+                at: (self.rows + i as u64) as u32,
+            });
+        }
+        self.rows += k as u64;
+        Ok(())
+    }
+
+    /// Rows received so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Width of its points in bytes.
+    pub fn point_len(&self) -> usize {
+        self.point_len
+    }
+
+    /// The entries whose hashes fall in partition `p` of 2^`bits` (at most
+    /// this list's own count): a range of this list's partitions.
+    fn parts_for(&self, p: usize, bits: u32) -> &[Vec<Entry>] {
+        if self.parts.is_empty() {
+            return &[];
+        }
+        let d = self.bits - bits;
+        &self.parts[p << d..(p + 1) << d]
+    }
 }
 
 /// Joins one partition: the matched rows, flat, each as the position in
-/// the base list then the positions in `others` (in order); or the index
-/// of the list that repeats a point.
+/// the base list then the positions in `others` (in order; each list's
+/// entries for the partition in one or more of its own partitions); or the
+/// index of the list that repeats a point.
 fn join(
-    base: &[Entry],
-    others: &[&[Entry]],
+    base: &[Vec<Entry>],
+    others: &[&[Vec<Entry>]],
     hasher: &SeedableRandomState,
 ) -> Result<Vec<u32>, usize> {
     let k = others.len();
+    let base_len = base.iter().map(Vec::len).sum();
     let mut index: HashMap<[u64; 2], u32, SeedableRandomState> =
-        HashMap::with_capacity_and_hasher(base.len(), hasher.clone());
-    for (local, e) in base.iter().enumerate() {
+        HashMap::with_capacity_and_hasher(base_len, hasher.clone());
+    for (local, e) in base.iter().flatten().enumerate() {
         if index.insert(e.point, local as u32).is_some() {
             return Err(k);
         }
     }
     if k == 0 {
-        return Ok(base.iter().map(|e| e.at).collect());
+        return Ok(base.iter().flatten().map(|e| e.at).collect());
     }
     // found[local * k + o]: position in other list `o` of base row `local`.
-    let mut found = vec![NONE; base.len() * k];
+    let mut found = vec![NONE; base_len * k];
     for (o, list) in others.iter().enumerate() {
-        for e in list.iter() {
+        for e in list.iter().flatten() {
             if let Some(&local) = index.get(&e.point) {
                 let slot = &mut found[local as usize * k + o];
                 if *slot != NONE {
@@ -143,7 +293,7 @@ fn join(
         }
     }
     let mut rows = Vec::new();
-    for (e, f) in base.iter().zip(found.chunks_exact(k)) {
+    for (e, f) in base.iter().flatten().zip(found.chunks_exact(k)) {
         if f.iter().all(|&x| x != NONE) {
             rows.push(e.at);
             rows.extend_from_slice(f);
@@ -152,58 +302,82 @@ fn join(
     Ok(rows)
 }
 
-/// Intersects the final (fully blinded, possibly truncated) lists. `names`
-/// labels errors; `point_len` is the width of each point in bytes (1 to
-/// 16; final points are 16). A point repeated in the shortest list, or
-/// matched twice from another list, is an error naming the list.
+/// Intersects the final (fully blinded, possibly truncated) lists, given
+/// whole. `names` labels errors; `point_len` is the width of each point in
+/// bytes (1 to 16; final points are 16). See [`match_finals`].
 pub fn match_lists(
     lists: &[&[u8]],
     point_len: usize,
     names: &[&str],
 ) -> Result<Matches, ProtocolError> {
+    let split = Split::new();
+    if names.len() != lists.len() {
+        return Err(ProtocolError::Violation(
+            "one name per final list expected".into(),
+        ));
+    }
+    let finals = lists
+        .iter()
+        .zip(names)
+        .map(|(l, name)| {
+            FinalList::from_points(&split, point_len, l).map_err(|_| {
+                ProtocolError::Violation(format!(
+                    "final list of {name} is not a whole number of {point_len}-byte points (or too long)"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    match_finals(&finals, names)
+}
+
+/// Intersects final lists split as they arrived (all under one [`Split`],
+/// with points of one width). `names` labels errors. A point repeated in
+/// the shortest list, or matched twice from another list, is an error
+/// naming the list.
+pub fn match_finals(lists: &[FinalList], names: &[&str]) -> Result<Matches, ProtocolError> {
     let n = lists.len();
-    for (i, l) in lists.iter().enumerate() {
-        if point_len == 0
-            || point_len > 16
-            || !l.len().is_multiple_of(point_len)
-            || l.len() / point_len >= NONE as usize
-        {
-            return Err(ProtocolError::Violation(format!(
-                "final list of {} is not a whole number of {point_len}-byte points (or too long)",
-                names[i]
-            )));
-        }
+    if names.len() != n {
+        return Err(ProtocolError::Violation(
+            "one name per final list expected".into(),
+        ));
+    }
+    if lists
+        .iter()
+        .any(|l| l.point_len != lists[0].point_len || l.split.id != lists[0].split.id)
+    {
+        return Err(ProtocolError::Violation(
+            "final lists of different point widths, or split under different hashes".into(),
+        ));
     }
     // Index the shortest list; probe the others against it. No list, or an
     // empty one: nothing matches.
     let Some(base) = (0..n)
-        .min_by_key(|&i| lists[i].len())
-        .filter(|&b| !lists[b].is_empty())
+        .min_by_key(|&i| lists[i].rows)
+        .filter(|&b| lists[b].rows > 0)
     else {
         return Ok(Matches {
             count: 0,
             positions: lists
                 .iter()
-                .map(|l| Positions::new((l.len() / point_len) as u64))
+                .map(|l| Positions::new(l.rows))
                 .collect::<Result<_, _>>()?,
         });
     };
     let others: Vec<usize> = (0..n).filter(|&i| i != base).collect();
-    let base_len = lists[base].len() / point_len;
-    let parts = (base_len / PART_ROWS).max(1).next_power_of_two();
-    let (split, tables) = (keyed_hasher(), keyed_hasher());
-    let parted: Vec<Vec<Vec<Entry>>> = lists
-        .par_iter()
-        .map(|l| partition(l, point_len, point_len, parts, &split))
-        .collect();
-    let joined: Vec<Result<Vec<u32>, usize>> = (0..parts)
+    // Joined at the fewest partitions of any list (normally the shortest
+    // list's), so every entry is looked at once, whatever was announced.
+    let bits = lists.iter().map(|l| l.bits).min().unwrap_or(0);
+    let tables = keyed_hasher();
+    let joined: Vec<Result<Vec<u32>, usize>> = (0..1usize << bits)
         .into_par_iter()
         .map(|p| {
-            let theirs: Vec<&[Entry]> = others.iter().map(|&i| parted[i][p].as_slice()).collect();
-            join(&parted[base][p], &theirs, &tables)
+            let theirs: Vec<&[Vec<Entry>]> = others
+                .iter()
+                .map(|&i| lists[i].parts_for(p, bits))
+                .collect();
+            join(lists[base].parts_for(p, bits), &theirs, &tables)
         })
         .collect();
-    drop(parted);
     // The first error by list: the shortest list's own repeat first, then
     // the other lists in order (whatever partition found it).
     if let Some(o) = joined
@@ -227,7 +401,7 @@ pub fn match_lists(
         .into_par_iter()
         .map(|list| {
             let column = column(list);
-            let mut set = Positions::new((lists[list].len() / point_len) as u64)?;
+            let mut set = Positions::new(lists[list].rows)?;
             for part in &joined {
                 set.mark(part.chunks_exact(width).map(|row| row[column]));
             }
@@ -334,6 +508,39 @@ mod tests {
         let refs: Vec<&[u8]> = flat.iter().map(|l| l.as_slice()).collect();
         let m = match_lists(&refs, 16, &["a", "b", "c"]).unwrap();
         let want = reference(&lists);
+        // Split as they arrive, chunk by chunk, whatever partition counts
+        // the announced lengths give (fewer, or more, than the shortest
+        // list's): the same intersection.
+        for announced in [[0, 0, 0], [1 << 20, 0, 1 << 14], [0, 1 << 16, 4096]] {
+            let split = Split::new();
+            let finals: Vec<FinalList> = flat
+                .iter()
+                .zip(announced)
+                .map(|(l, ann)| {
+                    let mut f = FinalList::new(&split, 16, ann).unwrap();
+                    for chunk in l.chunks(16 * 1000) {
+                        f.push(chunk).unwrap();
+                    }
+                    f
+                })
+                .collect();
+            let split_m = match_finals(&finals, &["a", "b", "c"]).unwrap();
+            assert_eq!((split_m.count, ascending(&split_m)), (1500, want.clone()));
+        }
+        // Lists split under different runs' hashes, or of other point
+        // widths, are not matched.
+        let split = Split::new();
+        let narrow = FinalList::from_points(&split, 8, &flat[0][..64]).unwrap();
+        let one = FinalList::from_points(&split, 16, &flat[1]).unwrap();
+        let elsewhere = FinalList::from_points(&Split::new(), 16, &flat[0]).unwrap();
+        assert!(matches!(
+            match_finals(&[one.clone(), narrow], &["a", "b"]),
+            Err(ProtocolError::Violation(_))
+        ));
+        assert!(matches!(
+            match_finals(&[one, elsewhere], &["a", "b"]),
+            Err(ProtocolError::Violation(_))
+        ));
         assert_eq!(m.count, 1500);
         assert_eq!(ascending(&m), want);
         let two = match_lists(&refs[..2], 16, &["a", "b"]).unwrap();
@@ -355,5 +562,56 @@ mod tests {
             match_lists(&[&o, &flat[1]], 16, &["a", "b"]),
             Err(ProtocolError::RepeatedPoint(p)) if p == "a"
         ));
+        // The same, split as they arrive with the shortest list in more, or
+        // in fewer, partitions than the other.
+        for [ann_o, ann_s] in [[0, 1 << 16], [1 << 16, 0], [1 << 20, 1 << 14]] {
+            let split = Split::new();
+            let split_list = |l: &[u8], announced| {
+                let mut f = FinalList::new(&split, 16, announced).unwrap();
+                for chunk in l.chunks(16 * 4096) {
+                    f.push(chunk).unwrap();
+                }
+                f
+            };
+            let (fo, fs) = (split_list(&o, ann_o), split_list(&s, ann_s));
+            assert!(matches!(
+                match_finals(&[fo.clone(), fs], &["a", "b"]),
+                Err(ProtocolError::RepeatedPoint(p)) if p == "b"
+            ));
+            assert!(matches!(
+                match_finals(&[fo, split_list(&flat[1], ann_s)], &["a", "b"]),
+                Err(ProtocolError::RepeatedPoint(p)) if p == "a"
+            ));
+        }
+        // One name per list.
+        assert!(matches!(
+            match_lists(&refs, 16, &["a", "b"]),
+            Err(ProtocolError::Violation(_))
+        ));
+        let one = FinalList::from_points(&Split::new(), 16, &flat[0]).unwrap();
+        assert!(matches!(
+            match_finals(&[one], &[]),
+            Err(ProtocolError::Violation(_))
+        ));
+    }
+
+    #[test]
+    fn partitions_grow_to_their_expected_size_not_past_it() {
+        let split = Split::new();
+        let rows = 1u64 << 20;
+        let mut f = FinalList::new(&split, 16, rows).unwrap();
+        // Nothing allocated on the announcement.
+        assert!(f.parts.is_empty());
+        let mut points = vec![0u8; rows as usize * 16];
+        for (i, p) in points.chunks_exact_mut(16).enumerate() {
+            p[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        }
+        for chunk in points.chunks(16 * 4096) {
+            f.push(chunk).unwrap();
+        }
+        assert_eq!(f.rows(), rows);
+        let cap: usize = f.parts.iter().map(Vec::capacity).sum();
+        // 24 bytes a row and a small margin, not the doubling's up to 2x.
+        assert!(cap < rows as usize * 5 / 4, "{cap} slots for {rows} rows");
     }
 }

@@ -37,7 +37,7 @@ pub use aggregate::{
 };
 pub use group::Layout;
 pub use local::{ListBuilder, RowBatch, ShuffledList};
-pub use matching::{Matches, match_lists};
+pub use matching::{FinalList, Matches, Split, match_finals, match_lists};
 pub use node::{MaskShare, MaskedList, NodeSession, PeerKeys, PreparedList, ReblindStream};
 pub use repeats::any_repeat;
 pub use simulate::{Inbound, SimulationOutcome, Transcript, simulate, simulate_streaming};

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use rand::CryptoRng;
 
 use super::{
-    Delivery, MaskShare, MaskSumRequest, MaskedList, NodeSession, PeerKeys, PreparedList,
-    ProtocolError, Release, Row, RowBatch, encode, party_index, plan_release, ring,
+    Delivery, FinalList, MaskShare, MaskSumRequest, MaskedList, NodeSession, PeerKeys,
+    PreparedList, ProtocolError, Release, Row, RowBatch, Split, encode, party_index, plan_release,
+    ring,
 };
 use crate::analysis::Analysis;
 use crate::session::SessionId;
@@ -142,6 +143,9 @@ pub fn simulate_streaming<R: CryptoRng + ?Sized>(
     // Step 3: the blinding ring, chunk by chunk through every hop (no hop
     // under keyed-prf: the owner's tags are final).
     let mut length_tags = Vec::with_capacity(n);
+    // The coordinator's split of the final lists, as they arrive.
+    let split = Split::new();
+    let mut final_lists = Vec::with_capacity(n);
     for (owner, list) in shuffled.iter().enumerate() {
         let mut prepared = PreparedList {
             points: Vec::new(),
@@ -153,6 +157,7 @@ pub fn simulate_streaming<R: CryptoRng + ?Sized>(
             },
         };
         let mut finals = Vec::new();
+        let mut split_list = FinalList::new(&split, encode::final_len(analysis.psi), list.len())?;
         let mut start = 0;
         // Each hop accepts the stream on the owner's length tag.
         let tags = nodes[owner].length_tags(list.len());
@@ -176,15 +181,17 @@ pub fn simulate_streaming<R: CryptoRng + ?Sized>(
                 (points, tag) = nodes[*hop].reblind(stream, &points, &tag)?;
             }
             finals.extend_from_slice(&points);
+            split_list.push(&points)?;
         }
         t.lists.push(prepared);
         t.finals.push(finals);
+        final_lists.push(split_list);
         length_tags.push(tags);
     }
     drop(shuffled);
     // Steps 4–7 on the coordinator: match, DP dummies, sums, noise, pads.
     let kept: Vec<MaskedList> = t.lists.iter().map(|l| l.masked.clone()).collect();
-    let plan = plan_release(analysis, &kept, &t.finals, rng)?;
+    let plan = plan_release(analysis, &kept, &final_lists, rng)?;
     // Mask sums (only once the coordinator has decided to release), then
     // unmasking at the recipient.
     t.sealed = vec![None; n];

@@ -36,7 +36,7 @@ use futures::StreamExt;
 use futures::future::try_join_all;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Endpoint, Server};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -135,7 +135,7 @@ async fn transport(lists: &[(u64, usize)], certs: &Path) -> Result<f64> {
         Server::builder()
             .tls_config(server_tls.server_config())?
             .add_service(svc)
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming(cleanroom_node::server::accept(listener)),
     );
     let channel = Endpoint::from_shared(format!("https://{addr}"))?
         .tls_config(client_tls.client_config("bank-a"))?
