@@ -131,12 +131,13 @@ async fn transport(lists: &[(u64, usize)], certs: &Path) -> Result<f64> {
     let svc = NodeServer::new(StandIn)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let server = tokio::spawn(
+    // Stopped when this function returns, on success or error alike.
+    let server = AbortOnDrop(tokio::spawn(
         Server::builder()
             .tls_config(server_tls.server_config())?
             .add_service(svc)
             .serve_with_incoming(cleanroom_node::server::accept(listener)),
-    );
+    ));
     let channel = Endpoint::from_shared(format!("https://{addr}"))?
         .tls_config(client_tls.client_config("bank-a"))?
         .connect()
@@ -170,8 +171,17 @@ async fn transport(lists: &[(u64, usize)], certs: &Path) -> Result<f64> {
     }))
     .await?;
     let seconds = t.elapsed().as_secs_f64();
-    server.abort();
+    drop(server);
     Ok(seconds)
+}
+
+/// A spawned task aborted when this is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A node that answers a LocalStep with a list of the requested shape
