@@ -130,15 +130,23 @@ impl Tagger {
     /// Tags a list of encoded keys on all cores: the flat buffer of their
     /// tags, in input order.
     pub fn tag_keys<K: AsRef<[u8]> + Sync>(&self, keys: &[K]) -> Vec<u8> {
-        let mut out = vec![0u8; keys.len() * TAG_LEN];
-        out.par_chunks_mut(CHUNK * TAG_LEN)
+        let mut out = Vec::new();
+        self.tag_keys_onto(keys, &mut out);
+        out
+    }
+
+    /// [`Tagger::tag_keys`] appended to `out` (no buffer of its own).
+    pub fn tag_keys_onto<K: AsRef<[u8]> + Sync>(&self, keys: &[K], out: &mut Vec<u8>) {
+        let start = out.len();
+        out.resize(start + keys.len() * TAG_LEN, 0);
+        out[start..]
+            .par_chunks_mut(CHUNK * TAG_LEN)
             .zip(keys.par_chunks(CHUNK))
             .for_each(|(out, keys)| {
                 for (o, k) in out.chunks_exact_mut(TAG_LEN).zip(keys) {
                     o.copy_from_slice(&self.tag(k.as_ref()));
                 }
             });
-        out
     }
 }
 
@@ -164,6 +172,10 @@ mod tests {
         let flat = t.tag_keys(&[b"a".as_slice(), b"b"]);
         assert_eq!(flat.len(), 2 * TAG_LEN);
         assert_eq!(flat[TAG_LEN..], t.tag(b"b"));
+        // Appended after what the buffer holds.
+        let mut onto = vec![7u8; 3];
+        t.tag_keys_onto(&[b"a".as_slice(), b"b"], &mut onto);
+        assert_eq!((&onto[..3], &onto[3..]), (&[7u8; 3][..], &flat[..]));
         assert_eq!(
             format!("{k:?} {t:?}"),
             "GroupKey(<secret>) Tagger(<secret>)"

@@ -1,6 +1,7 @@
 //! Smoke test of `cleanroom-coordinator bench` at 1k keys: real node
-//! processes, both matching protocols in one CSV, the CSV's columns and
-//! rows, and both plots written.
+//! processes, both matching protocols in one CSV, each combination repeated
+//! (the median run reported), the CSV's columns and rows, and both plots
+//! written.
 
 use std::process::Command;
 
@@ -22,6 +23,8 @@ fn bench_writes_csv_and_plots() {
             "ecdh-ring,keyed-prf",
             "--bound-sample",
             "1024",
+            "--repeat",
+            "2",
             "--out",
         ])
         .arg(&out)
@@ -60,6 +63,16 @@ fn bench_writes_csv_and_plots() {
         let bound: f64 = r[col("bound_s")].parse().unwrap();
         let ratio: f64 = r[col("measured_over_bound")].parse().unwrap();
         assert!(wall > 0.0 && bound > 0.0 && (ratio - wall / bound).abs() < 0.01 * ratio + 0.01);
+        // The median of two runs (the higher ratio).
+        assert_eq!(r[col("runs")], "2");
+        let (lo, hi): (f64, f64) = (
+            r[col("ratio_min")].parse().unwrap(),
+            r[col("ratio_max")].parse().unwrap(),
+        );
+        assert!(
+            lo <= ratio + 0.001 && ratio <= hi + 0.001,
+            "{lo} {ratio} {hi}"
+        );
         assert!(r[col("peak_rss_bytes")].parse::<u64>().unwrap() > 1 << 20);
         assert!(r[col("bytes_sent")].parse::<u64>().unwrap() > 0);
         assert!(r[col("bytes_received")].parse::<u64>().unwrap() > 0);
@@ -79,6 +92,7 @@ fn bench_writes_csv_and_plots() {
     }
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     assert!(md.contains("| ecdh-ring | 2 | 1k |"), "{md}");
+    assert!(md.contains("(median of 2; "), "{md}");
     assert!(md.contains("| keyed-prf | 2 | 1k |"), "{md}");
     assert!(md.contains("2 parties × 1k keys: keyed-prf"), "{md}");
 }

@@ -95,17 +95,33 @@ impl KeyEncoder {
     /// Prepare: the elements of encoded keys, flat, in input order, on all
     /// cores. Under keyed-prf, fails until the group key is known.
     pub fn encode<K: AsRef<[u8]> + Sync>(&self, keys: &[K]) -> Result<Vec<u8>, ProtocolError> {
+        let mut out = Vec::new();
+        self.encode_onto(keys, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`KeyEncoder::encode`], appended to `out` (a node's list as it
+    /// grows). Under keyed-prf the tags are written in place; ecdh-ring's
+    /// points are blinded into a buffer of the batch, then copied.
+    pub fn encode_onto<K: AsRef<[u8]> + Sync>(
+        &self,
+        keys: &[K],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ProtocolError> {
         match self {
-            KeyEncoder::EcdhRing { blinding, hasher } => Ok(blinding.blind_keys(hasher, keys)),
-            KeyEncoder::KeyedPrf(t) => Ok(t
+            KeyEncoder::EcdhRing { blinding, hasher } => {
+                out.extend_from_slice(&blinding.blind_keys(hasher, keys));
+            }
+            KeyEncoder::KeyedPrf(t) => t
                 .get()
                 .ok_or_else(|| {
                     ProtocolError::Violation(
                         "keyed-prf: the group key has not been received in this session".into(),
                     )
                 })?
-                .tag_keys(keys)),
+                .tag_keys_onto(keys, out),
         }
+        Ok(())
     }
 
     /// The blinding scalar, for the transform step; refused under keyed-prf.

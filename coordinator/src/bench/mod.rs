@@ -53,6 +53,9 @@ pub struct BenchOptions {
     pub node_bin: Option<PathBuf>,
     /// Elements timed to measure the crypto bound.
     pub bound_sample: usize,
+    /// Runs per combination; the run of median measured/bound ratio is
+    /// reported (see [`median_run`]).
+    pub repeat: usize,
 }
 
 /// The CPU's model name, its widest vector extension and the core count,
@@ -108,16 +111,39 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Vec<RunResult>> {
     for &p in &opts.parties {
         for &n in &opts.keys {
             for &psi in &opts.protocols {
-                eprintln!("run: {psi}, {p} parties × {} keys", data::label(n));
-                let mut r = run_one(opts, &exe, &node_bin, p, n, psi, &cost)?;
+                let mut reps = Vec::with_capacity(opts.repeat);
+                for k in 1..=opts.repeat.max(1) {
+                    let of = if opts.repeat > 1 {
+                        format!(" (run {k} of {})", opts.repeat)
+                    } else {
+                        String::new()
+                    };
+                    eprintln!("run: {psi}, {p} parties × {} keys{of}", data::label(n));
+                    let r = run_one(opts, &exe, &node_bin, p, n, psi, &cost, k == 1)?;
+                    eprintln!(
+                        "  {:.2} s ({} bound {:.2} s, ratio {:.2})",
+                        r.wall(),
+                        r.bound_kind,
+                        r.bound,
+                        r.ratio()
+                    );
+                    reps.push(r);
+                }
+                // The peer ran with the first repetition only.
+                let peer = reps.iter().find_map(|r| r.peer.clone());
+                let mut r = median_run(reps).context("no run")?;
+                r.peer = peer;
                 r.cpu = cpu.clone();
-                eprintln!(
-                    "  {:.2} s ({} bound {:.2} s, ratio {:.2})",
-                    r.wall(),
-                    r.bound_kind,
-                    r.bound,
-                    r.wall() / r.bound
-                );
+                if r.ratios.len() > 1 {
+                    eprintln!(
+                        "  median of {} runs: {:.2} s, ratio {:.2} (from {:.2} to {:.2})",
+                        r.ratios.len(),
+                        r.wall(),
+                        r.ratio(),
+                        r.ratio_min(),
+                        r.ratio_max()
+                    );
+                }
                 if let Some((name, t)) = &r.peer {
                     eprintln!("  {name}: {t:.2} s");
                 }
@@ -130,6 +156,19 @@ pub fn run_bench(opts: &BenchOptions) -> Result<Vec<RunResult>> {
     report::plot(&opts.out, &runs)?;
     std::fs::write(opts.out.join("results.md"), report::markdown(&runs))?;
     Ok(runs)
+}
+
+/// The run of median measured/bound ratio among repetitions of one
+/// combination (for an even count, the higher of the two middle ones), with
+/// every repetition's ratio, in run order, in its `ratios`.
+pub fn median_run(reps: Vec<RunResult>) -> Option<RunResult> {
+    let ratios: Vec<f64> = reps.iter().map(RunResult::ratio).collect();
+    let mut order: Vec<usize> = (0..reps.len()).collect();
+    order.sort_by(|&a, &b| ratios[a].total_cmp(&ratios[b]));
+    let mid = *order.get(order.len() / 2)?;
+    let mut r = reps.into_iter().nth(mid)?;
+    r.ratios = ratios;
+    Some(r)
 }
 
 /// One node's config file (TOML), listening on an ephemeral loopback port.
@@ -151,6 +190,9 @@ fn node_config(dir: &Path, name: &str, table: &Path, peers: &BTreeMap<String, St
     t
 }
 
+/// One run of a combination in its directory under `runs/` (a repetition
+/// replaces the previous one's files); the peer too when `with_peer`.
+#[allow(clippy::too_many_arguments)]
 fn run_one(
     opts: &BenchOptions,
     exe: &Path,
@@ -159,6 +201,7 @@ fn run_one(
     keys: u64,
     psi: Psi,
     cost: &CryptoCost,
+    with_peer: bool,
 ) -> Result<RunResult> {
     let dir = opts
         .out
@@ -323,7 +366,7 @@ fn run_one(
             (io.total(), "io")
         }
     };
-    let peer = if opts.peers && parties == 2 && psi == opts.protocols[0] {
+    let peer = if with_peer && opts.peers && parties == 2 && psi == opts.protocols[0] {
         Some(run_peer(opts, &tables, &dir)?)
     } else {
         None
@@ -339,6 +382,7 @@ fn run_one(
         bound,
         bound_kind: bound_kind.into(),
         peer,
+        ratios: Vec::new(),
     })
 }
 
@@ -365,4 +409,42 @@ fn run_peer(opts: &BenchOptions, tables: &[PathBuf], dir: &Path) -> Result<(Stri
         v["peer"].as_str().unwrap_or("peer").to_string(),
         v["seconds"].as_f64().context("peer seconds")?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(wall: f64, bound: f64) -> RunResult {
+        RunResult {
+            phases: vec![PhaseResult {
+                phase: "total".into(),
+                wall,
+                procs: Vec::new(),
+            }],
+            bound,
+            ..RunResult::default()
+        }
+    }
+
+    #[test]
+    fn the_median_run_is_the_one_of_median_ratio_and_keeps_every_ratio() {
+        // Ratios 1.5, 1.1, 1.3 (walls and bounds both vary).
+        let r = median_run(vec![run(1.5, 1.0), run(2.2, 2.0), run(1.3, 1.0)]).unwrap();
+        assert_eq!((r.wall(), r.bound), (1.3, 1.0));
+        assert_eq!(r.ratios.len(), 3);
+        assert_eq!((r.runs(), r.ratio_min(), r.ratio_max()), (3, 1.1, 1.5));
+        // An even count: the higher of the two middle ones.
+        let r = median_run(vec![
+            run(1.2, 1.0),
+            run(1.4, 1.0),
+            run(1.0, 1.0),
+            run(1.6, 1.0),
+        ]);
+        assert_eq!(r.unwrap().wall(), 1.4);
+        // One run: itself, its ratio the spread.
+        let r = median_run(vec![run(1.2, 1.0)]).unwrap();
+        assert_eq!((r.runs(), r.ratio_min(), r.ratio_max()), (1, 1.2, 1.2));
+        assert!(median_run(Vec::new()).is_none());
+    }
 }

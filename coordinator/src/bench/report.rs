@@ -54,6 +54,11 @@ pub struct RunResult {
     pub bound_kind: String,
     /// A peer's time on the same keys (name, seconds), if run.
     pub peer: Option<(String, f64)>,
+    /// The measured/bound ratio of every repetition of this combination,
+    /// in run order, this run being the median one (see
+    /// [`super::median_run`]); one ratio for a single run, none for a run
+    /// not yet summarized.
+    pub ratios: Vec<f64>,
 }
 
 impl RunResult {
@@ -63,6 +68,26 @@ impl RunResult {
             .iter()
             .find(|p| p.phase == "total")
             .map_or(0.0, |p| p.wall)
+    }
+
+    /// Wall time over the bound.
+    pub fn ratio(&self) -> f64 {
+        self.wall() / self.bound
+    }
+
+    /// Runs of this combination (1 unless repeated).
+    pub fn runs(&self) -> usize {
+        self.ratios.len().max(1)
+    }
+
+    /// The smallest ratio among the repetitions (this run's if single).
+    pub fn ratio_min(&self) -> f64 {
+        self.ratios.iter().copied().fold(self.ratio(), f64::min)
+    }
+
+    /// The largest ratio among the repetitions (this run's if single).
+    pub fn ratio_max(&self) -> f64 {
+        self.ratios.iter().copied().fold(self.ratio(), f64::max)
     }
 
     /// Peak RSS per input row of the largest node, and of the coordinator
@@ -86,7 +111,7 @@ impl RunResult {
 }
 
 /// The CSV's columns.
-pub const COLUMNS: [&str; 19] = [
+pub const COLUMNS: [&str; 22] = [
     "cpu",
     "protocol",
     "parties",
@@ -106,6 +131,9 @@ pub const COLUMNS: [&str; 19] = [
     "peer",
     "peer_s",
     "peer_over_measured",
+    "runs",
+    "ratio_min",
+    "ratio_max",
 ];
 
 /// Writes `results.csv`.
@@ -138,6 +166,15 @@ pub fn write_csv(path: &Path, runs: &[RunResult]) -> Result<()> {
                         .fold((0, 0), |(a, b), t| (a + t.1, b + t.2));
                     (a.to_string(), b.to_string())
                 };
+                let (runs, ratio_min, ratio_max) = if total {
+                    (
+                        r.runs().to_string(),
+                        format!("{:.3}", r.ratio_min()),
+                        format!("{:.3}", r.ratio_max()),
+                    )
+                } else {
+                    Default::default()
+                };
                 let (bound, kind, ratio, peer, peer_s, peer_ratio) = if total {
                     let (peer, peer_s, peer_ratio) = match &r.peer {
                         Some((n, t)) => {
@@ -158,7 +195,7 @@ pub fn write_csv(path: &Path, runs: &[RunResult]) -> Result<()> {
                 };
                 let _ = writeln!(
                     s,
-                    "{},{},{},{},{},{},{},{:.6},{:.3},{},{:.1},{},{},{},{},{},{},{},{}",
+                    "{},{},{},{},{},{},{},{:.6},{:.3},{},{:.1},{},{},{},{},{},{},{},{},{},{},{}",
                     csv(&r.cpu),
                     r.protocol,
                     r.parties,
@@ -177,7 +214,10 @@ pub fn write_csv(path: &Path, runs: &[RunResult]) -> Result<()> {
                     ratio,
                     peer,
                     peer_s,
-                    peer_ratio
+                    peer_ratio,
+                    runs,
+                    ratio_min,
+                    ratio_max
                 );
             }
         }
@@ -308,16 +348,28 @@ pub fn markdown(runs: &[RunResult]) -> String {
     for r in runs {
         let (n, c) = r.rss_per_row();
         let bytes = r.traffic.iter().map(|t| t.1 + t.2).max().unwrap_or(0);
+        // The median run's ratio, and the spread when repeated.
+        let ratio = if r.runs() > 1 {
+            format!(
+                "{:.2} (median of {}; {:.2}–{:.2})",
+                r.ratio(),
+                r.runs(),
+                r.ratio_min(),
+                r.ratio_max()
+            )
+        } else {
+            format!("{:.2}", r.ratio())
+        };
         let _ = write!(
             s,
-            "| {} | {} | {} | {:.2} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} |",
+            "| {} | {} | {} | {:.2} | {} | {:.2} | {} | {:.0} | {:.0} | {:.1} |",
             r.protocol,
             r.parties,
             super::data::label(r.keys),
             r.wall(),
             r.bound_kind,
             r.bound,
-            r.wall() / r.bound,
+            ratio,
             n,
             c,
             bytes as f64 / 1e6,
