@@ -2,7 +2,7 @@
 //!
 //! | side | step | ecdh-ring | keyed-prf |
 //! |---|---|---|---|
-//! | node | prepare ([`KeyEncoder::encode`]) | `H(sid‖key)·k` (32-byte point) | `HMAC(K, …‖sid‖key)[..16]` |
+//! | node | prepare ([`KeyEncoder::encode_onto`]) | `H(sid‖key)·k` (32-byte point) | `HMAC(K, …‖sid‖key)[..16]` |
 //! | node | transform (step 3, [`super::NodeSession::reblind`]) | re-blind by `k`, truncate on the last pass | none |
 //! | coordinator | [`route`] | the other parties in ring order | none |
 //! | coordinator | match ([`super::match_finals`]) | on [`final_len`] bytes (16) | on [`final_len`] bytes (16) |
@@ -93,16 +93,10 @@ impl KeyEncoder {
     }
 
     /// Prepare: the elements of encoded keys, flat, in input order, on all
-    /// cores. Under keyed-prf, fails until the group key is known.
-    pub fn encode<K: AsRef<[u8]> + Sync>(&self, keys: &[K]) -> Result<Vec<u8>, ProtocolError> {
-        let mut out = Vec::new();
-        self.encode_onto(keys, &mut out)?;
-        Ok(out)
-    }
-
-    /// [`KeyEncoder::encode`], appended to `out` (a node's list as it
-    /// grows). Under keyed-prf the tags are written in place; ecdh-ring's
-    /// points are blinded into a buffer of the batch, then copied.
+    /// cores, appended to `out` (a node's list as it grows). Under
+    /// keyed-prf the tags are written in place, and the call fails (leaving
+    /// `out` as it was) until the group key is known; ecdh-ring's points
+    /// are blinded into a buffer of the batch, then copied.
     pub fn encode_onto<K: AsRef<[u8]> + Sync>(
         &self,
         keys: &[K],
@@ -163,11 +157,15 @@ mod tests {
         let tagger = GroupKey::random(&mut rng).tagger(&sid);
         assert!(ring.set_tagger(tagger.clone()).is_err());
         assert!(prf.blinding().is_err());
-        assert!(prf.encode(&[b"x"]).is_err());
+        let encode = |e: &KeyEncoder| {
+            let mut out = Vec::new();
+            e.encode_onto(&[b"x"], &mut out).map(|()| out)
+        };
+        assert!(encode(&prf).is_err());
         prf.set_tagger(tagger.clone()).unwrap();
         assert!(prf.set_tagger(tagger.clone()).is_err());
-        assert_eq!(prf.encode(&[b"x"]).unwrap(), tagger.tag(b"x"));
-        assert_eq!(ring.encode(&[b"x"]).unwrap().len(), POINT_LEN);
+        assert_eq!(encode(&prf).unwrap(), tagger.tag(b"x"));
+        assert_eq!(encode(&ring).unwrap().len(), POINT_LEN);
         assert_eq!(route(Psi::KeyedPrf, 0, 3), Vec::<usize>::new());
         assert_eq!(route(Psi::EcdhRing, 0, 3), vec![1, 2]);
         assert_eq!(final_len(Psi::KeyedPrf), final_len(Psi::EcdhRing));
