@@ -17,11 +17,12 @@ use futures::future::try_join_all;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use prost::Message;
 use thiserror::Error;
+use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
 use crate::deadline::{Deadlines, request, unary};
-use crate::pipeline::{ListJob, through_ring};
+use crate::pipeline::{ListJob, RingOutput, through_ring};
 
 /// A node to run against: party name (its certificate name) and URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,6 +204,9 @@ pub enum CoordinatorError {
     /// A protocol step failed (e.g. too few matches).
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// A task of the coordinator's own ended abnormally (a bug).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl CoordinatorError {
@@ -222,6 +226,7 @@ impl CoordinatorError {
             CoordinatorError::BadResponse { .. } => AbortReason::BadResponse,
             CoordinatorError::Protocol(ProtocolError::TooFewMatches) => AbortReason::ReleaseRefused,
             CoordinatorError::Protocol(_) => AbortReason::Protocol,
+            CoordinatorError::Internal(_) => AbortReason::Coordinator,
             _ => AbortReason::Coordinator,
         }
     }
@@ -424,7 +429,10 @@ pub async fn run_analysis(
         ordered.push(t.clone());
     }
     let limit = opts.deadlines.setup;
-    let peers = try_join_all(ordered.iter().map(|t| connect(t, tls, limit))).await?;
+    // Shared with the lists' tasks in the stream.
+    let peers: Arc<[Peer]> = try_join_all(ordered.iter().map(|t| connect(t, tls, limit)))
+        .await?
+        .into();
     let sid = SessionId::random(&mut os_rng());
     let session = SessionRef {
         sid: sid.as_bytes().to_vec(),
@@ -588,7 +596,7 @@ fn group_key_boxes(
 /// sealed group key to relay to party `i` (keyed-prf; empty otherwise).
 async fn drive(
     analysis: &Analysis,
-    peers: &[Peer],
+    peers: &Arc<[Peer]>,
     session: &SessionRef,
     boxes: Vec<Vec<u8>>,
     progress: &Progress,
@@ -606,23 +614,50 @@ async fn drive(
     // One split of the final lists into partitions for the whole run, so
     // they can be matched partition by partition.
     let split = &Split::new();
-    let outputs = try_join_all(boxes.into_iter().enumerate().map(|(owner, sealed)| {
+    // Each list on its own task, so that decoding and storing the lists'
+    // chunks (the coordinator's share of the stream; TLS and HTTP/2 framing
+    // already run on each connection's task) can use every core instead of
+    // sharing this task. The first error stops every other list's task,
+    // and waits for it to stop, before it is returned.
+    let mut outputs: Vec<Option<RingOutput>> = boxes.iter().map(|_| None).collect();
+    let mut tasks = JoinSet::new();
+    for (owner, sealed) in boxes.into_iter().enumerate() {
         let (received, finished) = (received.clone(), finished.clone());
-        async move {
-            let job = ListJob {
-                psi: analysis.psi,
-                owner,
-                width: layout.row_width(owner),
-                sealed_group_key: sealed,
-                split: split.clone(),
-            };
-            let out = through_ring(peers, session, job, deadlines, &received, &finished).await?;
-            received.inc_length(out.masked.len);
-            finished.inc_length(out.masked.len);
-            Ok::<_, CoordinatorError>(out)
-        }
-    }))
-    .await?;
+        let (peers, session, deadlines) = (peers.clone(), session.clone(), *deadlines);
+        let job = ListJob {
+            psi: analysis.psi,
+            owner,
+            width: layout.row_width(owner),
+            sealed_group_key: sealed,
+            split: split.clone(),
+        };
+        tasks.spawn(async move {
+            let out = through_ring(&peers, &session, job, &deadlines, &received, &finished).await;
+            if let Ok(out) = &out {
+                received.inc_length(out.masked.len);
+                finished.inc_length(out.masked.len);
+            }
+            (owner, out)
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let failed = match joined {
+            Ok((owner, Ok(out))) => {
+                outputs[owner] = Some(out);
+                continue;
+            }
+            Ok((_, Err(e))) => e,
+            // No panic payload in the error: it could carry values.
+            Err(e) if e.is_panic() => CoordinatorError::Internal("a list's task panicked".into()),
+            Err(_) => CoordinatorError::Internal("a list's task was cancelled".into()),
+        };
+        tasks.shutdown().await;
+        return Err(failed);
+    }
+    let outputs: Vec<RingOutput> = outputs
+        .into_iter()
+        .collect::<Option<_>>()
+        .ok_or_else(|| CoordinatorError::Internal("a list's task gave no output".into()))?;
     received.finish();
     finished.finish();
     let mut lists = Vec::with_capacity(n);

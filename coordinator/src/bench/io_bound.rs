@@ -11,7 +11,9 @@
 //! * **transport**: every party's list, as the same `ListChunk` messages
 //!   (4096 tags and masked values each), streamed at once over loopback
 //!   mutual-TLS gRPC from a stand-in node that does nothing else to a
-//!   client that decodes and drops them.
+//!   client that decodes and drops them: one connection per list (as each
+//!   node has its own) and each list read on its own task (as the
+//!   coordinator reads them).
 //!
 //! The bound is their sum; a run also shuffles, masks, matches and sums,
 //! which this leaves out.
@@ -36,6 +38,7 @@ use futures::StreamExt;
 use futures::future::try_join_all;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Endpoint, Server};
 use tonic::{Request, Response, Status, Streaming};
@@ -132,22 +135,32 @@ async fn transport(lists: &[(u64, usize)], certs: &Path) -> Result<f64> {
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     // Stopped when this function returns, on success or error alike.
-    let server = AbortOnDrop(tokio::spawn(
+    let mut server = JoinSet::new();
+    server.spawn(
         Server::builder()
             .tls_config(server_tls.server_config())?
             .add_service(svc)
             .serve_with_incoming(cleanroom_node::server::accept(listener)),
-    ));
-    let channel = Endpoint::from_shared(format!("https://{addr}"))?
-        .tls_config(client_tls.client_config("bank-a"))?
-        .connect()
-        .await
-        .context("connecting to the stand-in node")?;
+    );
+    // One connection per list, as each node has its own in a run, each
+    // list read and decoded on its own task, as the coordinator does.
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(client_tls.client_config("bank-a"))?;
+    let mut channels = Vec::with_capacity(lists.len());
+    for _ in lists {
+        channels.push(
+            endpoint
+                .connect()
+                .await
+                .context("connecting to the stand-in node")?,
+        );
+    }
     let t = Instant::now();
-    try_join_all(lists.iter().map(|&(rows, width)| {
-        let mut client = node_client::NodeClient::new(channel.clone())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        async move {
+    let mut tasks = JoinSet::new();
+    for (&(rows, width), channel) in lists.iter().zip(channels) {
+        let mut client =
+            node_client::NodeClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        tasks.spawn(async move {
             // The stand-in reads the list's shape from the session ref.
             let mut shape = rows.to_be_bytes().to_vec();
             shape.extend_from_slice(&(width as u64).to_be_bytes());
@@ -167,21 +180,16 @@ async fn transport(lists: &[(u64, usize)], certs: &Path) -> Result<f64> {
             }
             anyhow::ensure!(got == rows, "the stand-in sent {got} of {rows} rows");
             Ok::<_, anyhow::Error>(())
-        }
-    }))
-    .await?;
+        });
+    }
+    // Any error ends the measurement (the other tasks are dropped, so
+    // aborted).
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
     let seconds = t.elapsed().as_secs_f64();
     drop(server);
     Ok(seconds)
-}
-
-/// A spawned task aborted when this is dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// A node that answers a LocalStep with a list of the requested shape

@@ -185,7 +185,7 @@ pub fn write_csv(path: &Path, runs: &[RunResult]) -> Result<()> {
                     (
                         format!("{:.6}", r.bound),
                         r.bound_kind.clone(),
-                        format!("{:.3}", ph.wall / r.bound),
+                        format!("{:.3}", r.ratio()),
                         peer,
                         peer_s,
                         peer_ratio,
