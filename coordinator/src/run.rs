@@ -226,8 +226,12 @@ impl CoordinatorError {
             CoordinatorError::BadResponse { .. } => AbortReason::BadResponse,
             CoordinatorError::Protocol(ProtocolError::TooFewMatches) => AbortReason::ReleaseRefused,
             CoordinatorError::Protocol(_) => AbortReason::Protocol,
-            CoordinatorError::Internal(_) => AbortReason::Coordinator,
-            _ => AbortReason::Coordinator,
+            // The coordinator's own input or a bug: every variant named, so
+            // a new one has to be classed here.
+            CoordinatorError::Analysis(_)
+            | CoordinatorError::MissingNode(_)
+            | CoordinatorError::UnknownNode(_)
+            | CoordinatorError::Internal(_) => AbortReason::Coordinator,
         }
     }
 }
