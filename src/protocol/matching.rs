@@ -3,7 +3,8 @@
 //! A partitioned hash join on all cores. Every list is split by a keyed hash
 //! of its points into partitions while it arrives ([`FinalList::push`], one
 //! pass per chunk as the coordinator receives it): each point is kept as
-//! two words with its `u32` position, 24 bytes a row, no other copy. A
+//! two words with its `u32` position, 24 bytes a row, written once and
+//! never moved (a partition grows by adding segments, not by copying). A
 //! list's partition count follows its announced length (about [`PART_ROWS`]
 //! rows a partition, a power of two, at most 2^16), and partitions are the
 //! top bits of one hash shared by every list of the run ([`Split`]), so a
@@ -13,9 +14,12 @@
 //! partition of the shortest list builds a small table and the other
 //! lists' entries for it are probed against it, in cache, each entry once.
 //! Memory: 24 bytes per row of every list and a margin (a partition's
-//! vector grows by doubling as rows arrive, but to the size the
-//! announcement leads to expect rather than past it), 24 bytes per
-//! partition once rows arrive, and per partition being worked on a table
+//! segments double its room as rows arrive, from 8, but to the size the
+//! announcement leads to expect rather than past it: room is added only
+//! when a row finds the last segment full, never for the announcement
+//! alone), 48 bytes per partition once rows arrive and 24 more per segment
+//! (about 400 bytes for a partition of 4096 rows), and per partition being
+//! worked on a table
 //! and one `u32` per row of the shortest list's part for each other list.
 //! Both hashes (the split and the tables) are foldhash under seeds drawn
 //! from the OS per run, so a bank that crafts its points (without ever
@@ -118,6 +122,62 @@ impl std::fmt::Debug for Split {
     }
 }
 
+/// One partition of a list: its entries in segments that are never moved.
+/// When the last segment is full a new one is added, as large as the
+/// partition so far (doubling its room, as a vector would, but without
+/// copying: every row is written once), and no larger than what brings the
+/// partition to its expected size, while it is below it.
+#[derive(Clone, Default)]
+struct Part {
+    /// Full segments, in arrival order.
+    full: Vec<Vec<Entry>>,
+    /// The segment being filled (after `full`).
+    open: Vec<Entry>,
+}
+
+impl Part {
+    /// Appends one entry; `expected` is the partition's expected size.
+    #[inline]
+    fn push(&mut self, entry: Entry, expected: usize) {
+        if self.open.len() == self.open.capacity() {
+            self.grow(expected);
+        }
+        self.open.push(entry);
+    }
+
+    /// Moves the full open segment to `full` and opens the next.
+    #[cold]
+    fn grow(&mut self, expected: usize) {
+        let len = self.len();
+        let doubling = len.max(8);
+        let room = if len < expected {
+            doubling.min(expected - len)
+        } else {
+            doubling
+        };
+        let open = std::mem::replace(&mut self.open, Vec::with_capacity(room));
+        if !open.is_empty() {
+            self.full.push(open);
+        }
+    }
+
+    /// Entries in the partition.
+    fn len(&self) -> usize {
+        self.full.iter().map(Vec::len).sum::<usize>() + self.open.len()
+    }
+
+    /// Entry slots allocated.
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.full.iter().map(Vec::capacity).sum::<usize>() + self.open.capacity()
+    }
+
+    /// The entries, in arrival order.
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.full.iter().flatten().chain(&self.open)
+    }
+}
+
 /// Most partitions of one list: 2^16 (a list of [`MAX_LIST_ROWS`] rows has
 /// 2^16 of about 4096).
 const MAX_PART_BITS: u32 = 16;
@@ -130,12 +190,12 @@ pub struct FinalList {
     point_len: usize,
     /// log2 of the number of partitions.
     bits: u32,
-    /// Rows a partition is expected to end with (from the announcement):
-    /// a partition's vector grows by doubling, but stops at this (and a
-    /// margin) before doubling again.
+    /// Rows a partition is expected to end with (from the announcement),
+    /// and a margin: a partition's room grows by doubling, but stops at
+    /// this before doubling again.
     expected: usize,
     /// Empty until the first rows arrive.
-    parts: Vec<Vec<Entry>>,
+    parts: Vec<Part>,
     rows: u64,
 }
 
@@ -154,7 +214,7 @@ impl FinalList {
     /// owner announced to have `announced` rows: the announcement sets the
     /// number of partitions (about [`PART_ROWS`] rows each, at most 2^16)
     /// and nothing is allocated until rows arrive; the first rows allocate
-    /// the partitions' (empty) vectors, 24 bytes each, at most 1.5 MiB.
+    /// the partitions (empty), 48 bytes each, at most 3 MiB.
     pub fn new(split: &Split, point_len: usize, announced: u64) -> Result<Self, ProtocolError> {
         if point_len == 0 || point_len > 16 {
             return Err(ProtocolError::Violation(format!(
@@ -204,7 +264,7 @@ impl FinalList {
             return Ok(());
         }
         if self.parts.is_empty() {
-            self.parts = (0..1usize << self.bits).map(|_| Vec::new()).collect();
+            self.parts = (0..1usize << self.bits).map(|_| Part::default()).collect();
         }
         let shift = 64 - self.bits;
         for (i, p) in points.chunks_exact(self.point_len).enumerate() {
@@ -215,23 +275,13 @@ impl FinalList {
                 .hash_one(point)
                 .checked_shr(shift)
                 .unwrap_or(0);
-            let v = &mut self.parts[part as usize];
-            if v.len() == v.capacity() {
-                // Doubling, but to the expected size rather than past it:
-                // never more than twice the rows that arrived.
-                let cap = v.capacity();
-                let doubled = (2 * cap).max(8);
-                let to = if cap < self.expected && doubled > self.expected {
-                    self.expected
-                } else {
-                    doubled
-                };
-                v.reserve_exact(to - v.len());
-            }
-            v.push(Entry {
-                point,
-                at: (self.rows + i as u64) as u32,
-            });
+            self.parts[part as usize].push(
+                Entry {
+                    point,
+                    at: (self.rows + i as u64) as u32,
+                },
+                self.expected,
+            );
         }
         self.rows += k as u64;
         Ok(())
@@ -249,7 +299,7 @@ impl FinalList {
 
     /// The entries whose hashes fall in partition `p` of 2^`bits` (at most
     /// this list's own count): a range of this list's partitions.
-    fn parts_for(&self, p: usize, bits: u32) -> &[Vec<Entry>] {
+    fn parts_for(&self, p: usize, bits: u32) -> &[Part] {
         if self.parts.is_empty() {
             return &[];
         }
@@ -263,26 +313,26 @@ impl FinalList {
 /// entries for the partition in one or more of its own partitions); or the
 /// index of the list that repeats a point.
 fn join(
-    base: &[Vec<Entry>],
-    others: &[&[Vec<Entry>]],
+    base: &[Part],
+    others: &[&[Part]],
     hasher: &SeedableRandomState,
 ) -> Result<Vec<u32>, usize> {
     let k = others.len();
-    let base_len = base.iter().map(Vec::len).sum();
+    let base_len = base.iter().map(Part::len).sum();
     let mut index: HashMap<[u64; 2], u32, SeedableRandomState> =
         HashMap::with_capacity_and_hasher(base_len, hasher.clone());
-    for (local, e) in base.iter().flatten().enumerate() {
+    for (local, e) in base.iter().flat_map(Part::iter).enumerate() {
         if index.insert(e.point, local as u32).is_some() {
             return Err(k);
         }
     }
     if k == 0 {
-        return Ok(base.iter().flatten().map(|e| e.at).collect());
+        return Ok(base.iter().flat_map(Part::iter).map(|e| e.at).collect());
     }
     // found[local * k + o]: position in other list `o` of base row `local`.
     let mut found = vec![NONE; base_len * k];
     for (o, list) in others.iter().enumerate() {
-        for e in list.iter().flatten() {
+        for e in list.iter().flat_map(Part::iter) {
             if let Some(&local) = index.get(&e.point) {
                 let slot = &mut found[local as usize * k + o];
                 if *slot != NONE {
@@ -293,7 +343,7 @@ fn join(
         }
     }
     let mut rows = Vec::new();
-    for (e, f) in base.iter().flatten().zip(found.chunks_exact(k)) {
+    for (e, f) in base.iter().flat_map(Part::iter).zip(found.chunks_exact(k)) {
         if f.iter().all(|&x| x != NONE) {
             rows.push(e.at);
             rows.extend_from_slice(f);
@@ -371,7 +421,7 @@ pub fn match_finals(lists: &[FinalList], names: &[&str]) -> Result<Matches, Prot
     let joined: Vec<Result<Vec<u32>, usize>> = (0..1usize << bits)
         .into_par_iter()
         .map(|p| {
-            let theirs: Vec<&[Vec<Entry>]> = others
+            let theirs: Vec<&[Part]> = others
                 .iter()
                 .map(|&i| lists[i].parts_for(p, bits))
                 .collect();
@@ -596,6 +646,50 @@ mod tests {
     }
 
     #[test]
+    fn a_partition_keeps_its_rows_in_place_and_in_order() {
+        let expected = 4416;
+        let rows = 3 * expected as u32;
+        let mut part = Part::default();
+        let entry = |i: u32| Entry {
+            point: [u64::from(i), !u64::from(i)],
+            at: i,
+        };
+        // Where each row was written.
+        let mut written: Vec<*const Entry> = Vec::new();
+        for i in 0..rows {
+            part.push(entry(i), expected);
+            written.push(part.open.last().unwrap());
+            let len = i as usize + 1;
+            // Room doubles at most (from 8), and stops at the expected size.
+            assert!(
+                part.capacity() <= (2 * len).max(8),
+                "{} for {len}",
+                part.capacity()
+            );
+            if len == expected {
+                assert_eq!(part.capacity(), expected);
+            }
+        }
+        // Segments that double (so a few of them), stopping once at the
+        // expected size.
+        let segments: Vec<usize> = part
+            .full
+            .iter()
+            .chain([&part.open])
+            .map(Vec::capacity)
+            .collect();
+        assert_eq!(
+            segments,
+            [8, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 320, 4416, 8832]
+        );
+        // Never moved: every row is where it was written, in arrival order.
+        assert_eq!(part.len(), rows as usize);
+        assert!(part.iter().map(|e| e as *const Entry).eq(written));
+        assert!(part.iter().map(|e| e.at).eq(0..rows));
+        assert!(part.iter().all(|e| e.point == entry(e.at).point));
+    }
+
+    #[test]
     fn partitions_grow_to_their_expected_size_not_past_it() {
         let split = Split::new();
         let rows = 1u64 << 20;
@@ -610,8 +704,9 @@ mod tests {
             f.push(chunk).unwrap();
         }
         assert_eq!(f.rows(), rows);
-        let cap: usize = f.parts.iter().map(Vec::capacity).sum();
-        // 24 bytes a row and a small margin, not the doubling's up to 2x.
+        let cap: usize = f.parts.iter().map(Part::capacity).sum();
+        // Entry slots: 24 bytes a row and a small margin, not the
+        // doubling's up to 2x (each partition's segment list is apart).
         assert!(cap < rows as usize * 5 / 4, "{cap} slots for {rows} rows");
     }
 }
