@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use cleanroom::keys::{KeyPart, encode_key};
 use cleanroom::session::os_rng;
-use cleanroom::{Analysis, SessionId};
+use cleanroom::{Analysis, Psi, SessionId};
 use cleanroom_coordinator::CoordinatorError;
 use cleanroom_coordinator::catalog::fetch_catalogs;
 use cleanroom_node::audit;
@@ -134,6 +134,62 @@ async fn policy_floors_and_required_dp_are_enforced() {
     let (_, message) = setup_error(cluster.run(&dp, "coordinator").await.unwrap_err());
     assert!(message.contains("at least 5"), "{message}");
     assert!(cluster.results(1).is_empty());
+    cluster.stop().await;
+}
+
+/// A bank whose policy allows only the ECDH ring refuses a keyed-prf
+/// analysis at setup, naming the protocol and the rule; its audit log
+/// records the refusal by class and no debit or local step for that
+/// analysis; the same node still runs ecdh-ring analyses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_policy_can_refuse_keyed_prf() {
+    let _serial = serial().await;
+    let banks = banks(2, 29);
+    let ring = analysis_text(2, 1, 1);
+    let prf = format!("{ring}[protocol]\npsi = \"keyed-prf\"\n");
+    assert_eq!(Analysis::parse(&prf).unwrap().psi, Psi::KeyedPrf);
+    let cluster = Cluster::start_with(
+        &banks,
+        &[&ring, &prf],
+        Setup {
+            tweak: Some(Box::new(|i, c| {
+                if i == 1 {
+                    let p = Policy {
+                        allowed_psi: Some(vec![Psi::EcdhRing]),
+                        ..Policy::default()
+                    };
+                    c.policy.insert("coordinator".into(), p);
+                }
+            })),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let (code, message) = setup_error(cluster.run(&prf, "coordinator").await.unwrap_err());
+    assert_eq!(code, Code::FailedPrecondition);
+    assert!(
+        message.contains("psi = \"keyed-prf\"") && message.contains("allows only ecdh-ring"),
+        "{message}"
+    );
+    assert!(cluster.results(1).is_empty(), "nothing released");
+    let chain = cluster.store(1).audit_chain().unwrap();
+    audit::verify(&chain).unwrap();
+    let last: serde_json::Value = serde_json::from_str(&chain.last().unwrap().json).unwrap();
+    assert_eq!(last["event"], "refused");
+    assert_eq!(last["outcome"], "policy: matching protocol not allowed");
+    let prf_hash = Analysis::parse(&prf).unwrap().hash().to_hex();
+    let steps: Vec<serde_json::Value> = chain
+        .iter()
+        .map(|r| serde_json::from_str::<serde_json::Value>(&r.json).unwrap())
+        .filter(|r| r["analysis_hash"] == prf_hash.as_str())
+        .filter(|r| r["event"] == "debit" || r["event"] == "local_step")
+        .collect();
+    assert!(steps.is_empty(), "no debit or local step: {steps:?}");
+    cluster
+        .run(&ring, "coordinator")
+        .await
+        .expect("ecdh-ring is allowed");
+    assert_eq!(cluster.results(1).len(), 1);
     cluster.stop().await;
 }
 

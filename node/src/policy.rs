@@ -11,10 +11,16 @@
 //! require_dp = true             # refuse analyses without epsilon (default false)
 //! max_epsilon = 1.0             # refuse analyses with a larger epsilon per number
 //! catalog_tables = ["transfers"] # tables the catalog shows (default: all)
+//! allowed_psi = ["ecdh-ring"]   # matching protocols it may run (default: both)
 //! ```
+//!
+//! `allowed_psi` lets a bank refuse keyed-prf outright, whatever analysis is
+//! approved: under keyed-prf a coordinator colluding with one bank can test
+//! guessed keys against this bank's list, under the ECDH ring it cannot
+//! (README, leakage table).
 
-use cleanroom::Analysis;
 use cleanroom::analysis::PrivacyCost;
+use cleanroom::{Analysis, Psi};
 use serde::Deserialize;
 
 /// The policy for one coordinator identity. The default admits every
@@ -38,6 +44,8 @@ pub struct Policy {
     pub max_epsilon: Option<f64>,
     /// Tables the catalog shows to this identity (all when absent).
     pub catalog_tables: Option<Vec<String>>,
+    /// Matching protocols this identity may run here (all when absent).
+    pub allowed_psi: Option<Vec<Psi>>,
 }
 
 /// What a coordinator identity has spent at this node.
@@ -77,6 +85,18 @@ pub enum Refusal {
         /// The policy's maximum.
         max: f64,
     },
+    /// The analysis's matching protocol is not one the policy allows.
+    #[error(
+        "analysis uses psi = {got:?}; this node's policy for coordinator {coordinator:?} allows only {allowed}"
+    )]
+    PsiNotAllowed {
+        /// The coordinator identity.
+        coordinator: String,
+        /// The analysis's protocol, by name.
+        got: String,
+        /// The protocols the policy allows, by name, comma-separated.
+        allowed: String,
+    },
     /// `min_matched` is below the policy's floor.
     #[error("analysis sets min_matched = {got}; this node's policy requires at least {floor}")]
     BelowFloor {
@@ -106,6 +126,19 @@ pub enum Refusal {
 impl Policy {
     /// Checks the rules that depend only on the analysis.
     pub fn admit(&self, coordinator: &str, analysis: &Analysis) -> Result<(), Refusal> {
+        if let Some(allowed) = &self.allowed_psi
+            && !allowed.contains(&analysis.psi)
+        {
+            return Err(Refusal::PsiNotAllowed {
+                coordinator: coordinator.to_string(),
+                got: analysis.psi.name().to_string(),
+                allowed: allowed
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
         if self.require_dp && analysis.privacy.dp.is_none() {
             return Err(Refusal::DpRequired(coordinator.to_string()));
         }
@@ -189,6 +222,11 @@ impl Policy {
         {
             return Err(format!("policy.{name}.delta_budget must be in [0, 1)"));
         }
+        if self.allowed_psi.as_ref().is_some_and(Vec::is_empty) {
+            return Err(format!(
+                "policy.{name}.allowed_psi must name at least one protocol (ecdh-ring, keyed-prf)"
+            ));
+        }
         Ok(())
     }
 }
@@ -197,12 +235,16 @@ impl Policy {
 mod tests {
     use super::*;
 
-    fn analysis(privacy: &str) -> Analysis {
-        Analysis::parse(&format!(
+    /// An analysis file of two parties with `privacy` as its privacy table.
+    fn text(privacy: &str) -> String {
+        format!(
             "name = \"t\"\nrecipient = \"a\"\n[parties.a]\nsql = \"s\"\n[parties.b]\nsql = \"s\"\n\
              [output]\naggregates = [\"count\", \"sum(a.x)\"]\n[privacy]\n{privacy}\n"
-        ))
-        .unwrap()
+        )
+    }
+
+    fn analysis(privacy: &str) -> Analysis {
+        Analysis::parse(&text(privacy)).unwrap()
     }
 
     #[test]
@@ -231,6 +273,43 @@ mod tests {
             capped.admit("c", &dp),
             Err(Refusal::EpsilonTooLarge { got: 1.0, max: 0.5 })
         );
+    }
+
+    #[test]
+    fn a_policy_can_refuse_a_matching_protocol() {
+        let ring = analysis("min_matched = 1");
+        let prf = Analysis::parse(&format!(
+            "{}[protocol]\npsi = \"keyed-prf\"\n",
+            text("min_matched = 1")
+        ))
+        .unwrap();
+        assert_eq!(prf.psi, Psi::KeyedPrf);
+        let ring_only = Policy {
+            allowed_psi: Some(vec![Psi::EcdhRing]),
+            ..Policy::default()
+        };
+        assert!(ring_only.admit("c", &ring).is_ok());
+        let refused = ring_only.admit("c", &prf).unwrap_err();
+        assert_eq!(
+            refused,
+            Refusal::PsiNotAllowed {
+                coordinator: "c".into(),
+                got: "keyed-prf".into(),
+                allowed: "ecdh-ring".into(),
+            }
+        );
+        assert!(refused.to_string().contains("psi = \"keyed-prf\""));
+        // Absent: both; empty: a configuration error, not a silent "none".
+        assert!(Policy::default().admit("c", &prf).is_ok());
+        let none = Policy {
+            allowed_psi: Some(Vec::new()),
+            ..Policy::default()
+        };
+        assert!(none.validate("c").unwrap_err().contains("allowed_psi"));
+        // As written in a node config.
+        let parsed: Policy = toml::from_str("allowed_psi = [\"ecdh-ring\"]").unwrap();
+        assert_eq!(parsed, ring_only);
+        assert!(toml::from_str::<Policy>("allowed_psi = [\"ecdh\"]").is_err());
     }
 
     #[test]

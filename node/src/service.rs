@@ -32,6 +32,7 @@ use tracing::{error, info, warn};
 use crate::audit::{Event, Record};
 use crate::clock::Clock;
 use crate::engine::Engine;
+use crate::policy::Refusal;
 use crate::{NodeConfig, NodeError, Store, data, tls};
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -203,14 +204,14 @@ fn class(e: &NodeError) -> &'static str {
         NodeError::MissingPeerKey(_) => "missing pinned peer key",
         NodeError::SessionReused(_) => "session id reused",
         NodeError::Analysis(_) => "invalid analysis",
-        NodeError::Policy(crate::policy::Refusal::DpRequired(_)) => "policy: dp required",
-        NodeError::Policy(crate::policy::Refusal::EpsilonTooLarge { .. }) => {
-            "policy: epsilon above maximum"
-        }
-        NodeError::Policy(crate::policy::Refusal::BelowFloor { .. }) => {
-            "policy: min_matched below floor"
-        }
-        NodeError::Policy(crate::policy::Refusal::BudgetExhausted { .. }) => "budget exhausted",
+        // Every refusal by name (no catch-all: a new rule needs a class).
+        NodeError::Policy(r) => match r {
+            Refusal::DpRequired(_) => "policy: dp required",
+            Refusal::EpsilonTooLarge { .. } => "policy: epsilon above maximum",
+            Refusal::BelowFloor { .. } => "policy: min_matched below floor",
+            Refusal::PsiNotAllowed { .. } => "policy: matching protocol not allowed",
+            Refusal::BudgetExhausted { .. } => "budget exhausted",
+        },
         NodeError::Data(_) => "local query failed",
         _ => "internal error",
     }
