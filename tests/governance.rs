@@ -47,6 +47,19 @@ fn setup_error(err: CoordinatorError) -> (Code, String) {
     }
 }
 
+/// A cluster setup in which node `i` has the policy `policy(i)` for the
+/// identity "coordinator" (the default policy where it returns `None`).
+fn with_policies(policy: impl Fn(usize) -> Option<Policy> + 'static) -> Setup {
+    Setup {
+        tweak: Some(Box::new(move |i, c| {
+            if let Some(p) = policy(i) {
+                c.policy.insert("coordinator".into(), p);
+            }
+        })),
+        ..Setup::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budget_exhaustion_is_refused_before_any_data_is_read() {
     let _serial = serial().await;
@@ -58,18 +71,12 @@ async fn budget_exhaustion_is_refused_before_any_data_is_read() {
     let cluster = Cluster::start_with(
         &banks,
         &[&text],
-        Setup {
-            tweak: Some(Box::new(|_, c| {
-                c.policy.insert(
-                    "coordinator".into(),
-                    Policy {
-                        epsilon_budget: Some(4.0),
-                        ..Policy::default()
-                    },
-                );
-            })),
-            ..Setup::default()
-        },
+        with_policies(|_| {
+            Some(Policy {
+                epsilon_budget: Some(4.0),
+                ..Policy::default()
+            })
+        }),
     )
     .await;
     cluster
@@ -109,23 +116,19 @@ async fn policy_floors_and_required_dp_are_enforced() {
     let cluster = Cluster::start_with(
         &banks,
         &[&exact, &dp],
-        Setup {
-            tweak: Some(Box::new(|i, c| {
-                let p = if i == 0 {
-                    Policy {
-                        require_dp: true,
-                        ..Policy::default()
-                    }
-                } else {
-                    Policy {
-                        min_matched_floor: 5,
-                        ..Policy::default()
-                    }
-                };
-                c.policy.insert("coordinator".into(), p);
-            })),
-            ..Setup::default()
-        },
+        with_policies(|i| {
+            Some(if i == 0 {
+                Policy {
+                    require_dp: true,
+                    ..Policy::default()
+                }
+            } else {
+                Policy {
+                    min_matched_floor: 5,
+                    ..Policy::default()
+                }
+            })
+        }),
     )
     .await;
     let (code, message) = setup_error(cluster.run(&exact, "coordinator").await.unwrap_err());
@@ -147,22 +150,17 @@ async fn a_node_policy_can_refuse_keyed_prf() {
     let banks = banks(2, 29);
     let ring = analysis_text(2, 1, 1);
     let prf = format!("{ring}[protocol]\npsi = \"keyed-prf\"\n");
-    assert_eq!(Analysis::parse(&prf).unwrap().psi, Psi::KeyedPrf);
+    let prf_analysis = Analysis::parse(&prf).unwrap();
+    assert_eq!(prf_analysis.psi, Psi::KeyedPrf);
     let cluster = Cluster::start_with(
         &banks,
         &[&ring, &prf],
-        Setup {
-            tweak: Some(Box::new(|i, c| {
-                if i == 1 {
-                    let p = Policy {
-                        allowed_psi: Some(vec![Psi::EcdhRing]),
-                        ..Policy::default()
-                    };
-                    c.policy.insert("coordinator".into(), p);
-                }
-            })),
-            ..Setup::default()
-        },
+        with_policies(|i| {
+            (i == 1).then(|| Policy {
+                allowed_psi: Some(vec![Psi::EcdhRing]),
+                ..Policy::default()
+            })
+        }),
     )
     .await;
     let (code, message) = setup_error(cluster.run(&prf, "coordinator").await.unwrap_err());
@@ -177,7 +175,7 @@ async fn a_node_policy_can_refuse_keyed_prf() {
     let last: serde_json::Value = serde_json::from_str(&chain.last().unwrap().json).unwrap();
     assert_eq!(last["event"], "refused");
     assert_eq!(last["outcome"], "policy: matching protocol not allowed");
-    let prf_hash = Analysis::parse(&prf).unwrap().hash().to_hex();
+    let prf_hash = prf_analysis.hash().to_hex();
     let steps: Vec<serde_json::Value> = chain
         .iter()
         .map(|r| serde_json::from_str::<serde_json::Value>(&r.json).unwrap())
