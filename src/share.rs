@@ -505,8 +505,15 @@ pub fn unmask(masked: &[u64], mask: &[u64]) -> Result<Vec<u64>, ShareError> {
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub struct SealKey([u8; 32]);
 
+/// Bytes of a vector of `width` words sealed with [`SealKey::seal`]: eight
+/// a word and the 16-byte Poly1305 tag.
+pub const fn sealed_len(width: usize) -> usize {
+    8 * width + 16
+}
+
 impl SealKey {
-    /// Seals a vector of `u64` (big-endian), with `aad` bound in.
+    /// Seals a vector of `u64` (big-endian), with `aad` bound in
+    /// ([`sealed_len`] bytes).
     pub fn seal(&self, values: &[u64], aad: &[u8]) -> Vec<u8> {
         let mut msg: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
         let sealed = self.seal_bytes(&msg, aad);

@@ -21,6 +21,28 @@ fn two_party(recipient: &str, privacy: &str) -> Analysis {
     .unwrap()
 }
 
+/// Two banks of 40 keys each, `matched` of them common: bank B's key `i`
+/// has feature `fb(i)`, each of bank A's has `fa`.
+fn overlap_inputs(matched: usize, fa: u64, fb: fn(u64) -> u64) -> BTreeMap<String, Vec<Row>> {
+    let b_rows = (0..40)
+        .map(|i| Row::new(key(&format!("k{i}")), vec![fb(i)]))
+        .collect();
+    let a_rows = (0..40)
+        .map(|i| {
+            let k = if i < matched {
+                format!("k{i}")
+            } else {
+                format!("a{i}")
+            };
+            Row::new(key(&k), vec![fa])
+        })
+        .collect();
+    BTreeMap::from([
+        ("bank-a".to_string(), a_rows),
+        ("bank-b".to_string(), b_rows),
+    ])
+}
+
 /// Every subset of `size` rows of a masked list whose sum equals `target`
 /// (the recipient's subset-sum attack on what it receives for its own list).
 fn subset_sums(masked: &[u64], width: usize, size: usize, target: &[u64]) -> Vec<Vec<usize>> {
@@ -114,26 +136,10 @@ fn mask_sum_request_size_is_independent_of_the_count() {
     use cleanroom_proto::v1::{MaskSumRequest, SessionRef};
     use prost::Message;
     let a = two_party("bank-b", "");
-    let b_rows: Vec<Row> = (0..40)
-        .map(|i| Row::new(key(&format!("k{i}")), vec![i]))
-        .collect();
     let mut sizes = Vec::new();
     for matched in [0usize, 1, 17, 40] {
         // Bank A: 40 keys, `matched` of them also bank B's.
-        let a_rows: Vec<Row> = (0..40)
-            .map(|i| {
-                let k = if i < matched {
-                    format!("k{i}")
-                } else {
-                    format!("a{i}")
-                };
-                Row::new(key(&k), vec![1])
-            })
-            .collect();
-        let inputs = BTreeMap::from([
-            ("bank-a".to_string(), a_rows),
-            ("bank-b".to_string(), b_rows.clone()),
-        ]);
+        let inputs = overlap_inputs(matched, 1, |i| i);
         let out = simulate(&a, &inputs, &mut os_rng()).unwrap();
         assert_eq!(out.release.get("count"), Some(matched as i64));
         for m in out.transcript.received.iter().flatten() {
@@ -161,6 +167,103 @@ fn mask_sum_request_size_is_independent_of_the_count() {
         let mine: Vec<_> = sizes.iter().filter(|s| s.0 == owner).collect();
         assert!(mine.iter().all(|s| s == &mine[0]), "{sizes:?}");
     }
+}
+
+/// The delivery to the recipient (step 6) has a size fixed by the analysis,
+/// whatever the release: the count and the masked sums are fixed-width
+/// words and the sealed mask sums of fixed length. TLS hides contents, not
+/// lengths, so the count as a varint (the earlier wire form) told a network
+/// observer its magnitude and, under DP, its sign.
+#[test]
+fn delivery_size_is_independent_of_the_release() {
+    use cleanroom::protocol::{Delivery, sealed_mask_sum_len};
+    use cleanroom_coordinator::run::deliver_request;
+    use cleanroom_proto::v1::{DeliverRequest, SessionRef};
+    use prost::Message;
+    // The sizes of `d` as sent, and of `d` with every count and word at
+    // its extremes; the message reads back exactly as sent.
+    fn sizes(d: &Delivery, a: &Analysis) -> Vec<usize> {
+        // Every sealed mask sum has the length the coordinator checks for.
+        let n = a.parties.len();
+        let layout = cleanroom::protocol::Layout::new(a);
+        let recipient = a.party_index(&a.recipient).unwrap();
+        for (owner, sealed) in d.sealed.iter().enumerate() {
+            let u = cleanroom::protocol::ring::unmasker(owner, n);
+            let want = sealed_mask_sum_len(layout.row_width(owner), u, recipient);
+            assert_eq!(sealed.as_ref().map_or(0, Vec::len), want);
+        }
+        let session = || SessionRef {
+            sid: vec![0; 32],
+            analysis_hash: vec![0; 32],
+        };
+        let wire = deliver_request(session(), d.clone());
+        let back = DeliverRequest::decode(wire.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(back, wire);
+        assert_eq!(back.count, d.count);
+        let mut out = vec![wire.encoded_len()];
+        let mut extreme = d.clone();
+        let counts: Vec<Option<i64>> = match d.count {
+            Some(_) => [i64::MIN, -1, 0, 1, 1 << 40, i64::MAX].map(Some).to_vec(),
+            None => vec![None],
+        };
+        for count in counts {
+            extreme.count = count;
+            for word in [0, 1, u64::MAX] {
+                for s in &mut extreme.sums {
+                    s.iter_mut().for_each(|v| *v = word);
+                }
+                out.push(deliver_request(session(), extreme.clone()).encoded_len());
+            }
+        }
+        out
+    }
+    fn delivery(out: &cleanroom::protocol::SimulationOutcome) -> &Delivery {
+        out.transcript
+            .received
+            .iter()
+            .flatten()
+            .find_map(|m| match m {
+                Inbound::Deliver(d) => Some(d),
+                _ => None,
+            })
+            .expect("a delivery")
+    }
+    // Ungrouped, two banks, count released: 0, 1, 17 or 40 matches, with
+    // and without DP (whose counts may be negative).
+    let plain = two_party("bank-b", "");
+    let dp = two_party(
+        "bank-b",
+        "epsilon = 1.0\n[privacy.bounds]\n\"bank-a.g\" = 9\n\"bank-b.f\" = 9\n",
+    );
+    for (analysis, draws) in [(&plain, 1), (&dp, 5)] {
+        let mut all = Vec::new();
+        let mut counts = Vec::new();
+        for matched in [0usize, 1, 17, 40] {
+            let inputs = overlap_inputs(matched, 7, |i| i % 10);
+            for _ in 0..draws {
+                let out = simulate(analysis, &inputs, &mut os_rng()).unwrap();
+                let d = delivery(&out);
+                assert_eq!(d.sums.len(), 2);
+                counts.push(d.count.unwrap());
+                all.extend(sizes(d, analysis));
+            }
+        }
+        if draws == 1 {
+            assert_eq!(counts, [0, 1, 17, 40]);
+        }
+        assert!(all.iter().all(|&s| s == all[0]), "{all:?}");
+    }
+    // Grouped, three banks: no count, the groups' counts and sums all
+    // masked words, whatever matched.
+    let g = grouped("min_matched = 0", 3);
+    let mut all = Vec::new();
+    for ranges in [[0..40, 10..60, 5..50], [0..40, 100..140, 200..240]] {
+        let out = simulate(&g, &grouped_inputs(3, &ranges), &mut os_rng()).unwrap();
+        let d = delivery(&out);
+        assert_eq!((d.count, d.sums.len()), (None, 3));
+        all.extend(sizes(d, &g));
+    }
+    assert!(all.iter().all(|&s| s == all[0]), "{all:?}");
 }
 
 /// Under DP the count is drawn once: every unmasker sees `m + z`, and the

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cleanroom::prf::SEALED_GROUP_KEY_LEN;
-use cleanroom::protocol::{Layout, ProtocolError, Split, plan_release, ring};
+use cleanroom::protocol::{
+    Delivery, Layout, ProtocolError, Split, plan_release, ring, sealed_mask_sum_len,
+};
 use cleanroom::session::os_rng;
 use cleanroom::{Analysis, AnalysisHash, Psi, SessionId};
 use cleanroom_node::tls::TlsMaterial;
@@ -685,6 +687,9 @@ async fn drive(
     clock.start("release");
     let release = progress.phase("release", n as u64 + 1);
     let plan = &plan;
+    let recipient_index = analysis
+        .party_index(&analysis.recipient)
+        .ok_or_else(|| ProtocolError::UnknownParty(analysis.recipient.clone()))?;
     let sealed = try_join_all(lists.iter().enumerate().map(|(owner, list)| {
         let u = ring::unmasker(owner, n);
         // keyed-prf: the owner's length tag for the unmasker, which saw no
@@ -718,6 +723,16 @@ async fn drive(
             )
             .await?;
             unmasker.traffic.received(r.encoded_len());
+            // Relayed to the recipient as it is: of the length the analysis
+            // fixes (none where the recipient is the unmasker and kept the
+            // sum), so the delivery's size says nothing of the release.
+            let want = sealed_mask_sum_len(list.width, u, recipient_index);
+            if r.sealed.len() != want {
+                return Err(unmasker.bad(format!(
+                    "sealed mask sum of {} bytes ({want} expected)",
+                    r.sealed.len()
+                )));
+            }
             pb.inc(1);
             Ok::<_, CoordinatorError>(r.sealed)
         }
@@ -725,24 +740,14 @@ async fn drive(
     .await?;
 
     // Step 6: deliver to the recipient's node, which unmasks and stores.
-    let recipient = analysis
-        .party_index(&analysis.recipient)
-        .map(|i| &peers[i])
-        .ok_or_else(|| ProtocolError::UnknownParty(analysis.recipient.clone()))?;
-    let req = DeliverRequest {
-        session: Some(session.clone()),
-        count: plan.count,
-        sums: plan
-            .sums
-            .iter()
-            .cloned()
-            .zip(sealed)
-            .map(|(masked_sum, sealed_mask_sum)| ListSum {
-                masked_sum,
-                sealed_mask_sum,
-            })
+    let recipient = &peers[recipient_index];
+    let delivery = plan.delivery(
+        sealed
+            .into_iter()
+            .map(|s| (!s.is_empty()).then_some(s))
             .collect(),
-    };
+    );
+    let req = deliver_request(session.clone(), delivery);
     recipient.traffic.sent(req.encoded_len());
     let resp = unary(
         recipient,
@@ -758,4 +763,26 @@ async fn drive(
     release.inc(1);
     release.finish();
     Ok(resp.stored_as)
+}
+
+/// The step-6 message to the recipient's node for `delivery`. Its size is
+/// fixed by the analysis, whatever the release (TLS hides contents, not
+/// lengths): the count, present exactly when the analysis releases an
+/// ungrouped count, and every masked sum are fixed-width words on the wire,
+/// and each sealed mask sum is either absent (where the analysis says so)
+/// or of fixed length.
+pub fn deliver_request(session: SessionRef, delivery: Delivery) -> DeliverRequest {
+    DeliverRequest {
+        session: Some(session),
+        count: delivery.count,
+        sums: delivery
+            .sums
+            .into_iter()
+            .zip(delivery.sealed)
+            .map(|(masked_sum, sealed)| ListSum {
+                masked_sum,
+                sealed_mask_sum: sealed.unwrap_or_default(),
+            })
+            .collect(),
+    }
 }

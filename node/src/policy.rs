@@ -14,8 +14,8 @@
 //! allowed_psi = ["ecdh-ring"]   # matching protocols it may run (default: both)
 //! ```
 //!
-//! `allowed_psi` lets a bank refuse keyed-prf outright, whatever analysis is
-//! approved: under keyed-prf a coordinator colluding with one bank can test
+//! `allowed_psi` lets a bank refuse keyed-prf outright, even for an analysis
+//! it has approved: under keyed-prf a coordinator colluding with one bank can test
 //! guessed keys against this bank's list, under the ECDH ring it cannot
 //! (README, leakage table).
 

@@ -63,6 +63,20 @@ impl ReleasePlan {
     }
 }
 
+/// Bytes of the sealed mask sum that the unmasker `unmasker` returns for a
+/// list of `width` masked slots when `recipient` is the analysis's
+/// recipient: none for a list without features or where the recipient is
+/// the unmasker (it keeps the sum), else the sealed words. Fixed by the
+/// analysis, so the coordinator refuses any other length before relaying it
+/// and the delivery's size says nothing of the release.
+pub fn sealed_mask_sum_len(width: usize, unmasker: usize, recipient: usize) -> usize {
+    if width == 0 || unmasker == recipient {
+        0
+    } else {
+        crate::share::sealed_len(width)
+    }
+}
+
 /// What the coordinator delivers to the recipient's node (step 6).
 ///
 /// The recipient learns the released numbers and nothing else: every sum is

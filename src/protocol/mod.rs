@@ -33,7 +33,8 @@ pub mod ring;
 pub mod simulate;
 
 pub use aggregate::{
-    Delivery, ReleasePlan, add_dummy_positions, draw_count_noise, plan_release, sum_masked,
+    Delivery, ReleasePlan, add_dummy_positions, draw_count_noise, plan_release,
+    sealed_mask_sum_len, sum_masked,
 };
 pub use group::Layout;
 pub use local::{ListBuilder, RowBatch, ShuffledList};
