@@ -212,7 +212,10 @@ fn delivery_size_is_independent_of_the_release() {
                 for s in &mut extreme.sums {
                     s.iter_mut().for_each(|v| *v = word);
                 }
-                out.push(deliver_request(session(), extreme.clone()).encoded_len());
+                let wire = deliver_request(session(), extreme.clone());
+                let back = DeliverRequest::decode(wire.encode_to_vec().as_slice()).unwrap();
+                assert_eq!((back.count, &back.sums), (count, &wire.sums));
+                out.push(wire.encoded_len());
             }
         }
         out

@@ -195,6 +195,7 @@ pub fn simulate_streaming<R: CryptoRng + ?Sized>(
     // Mask sums (only once the coordinator has decided to release), then
     // unmasking at the recipient.
     t.sealed = vec![None; n];
+    let recipient = party_index(analysis, &analysis.recipient)?;
     for (owner, list) in kept.iter().enumerate() {
         if list.width == 0 {
             continue;
@@ -206,11 +207,23 @@ pub fn simulate_streaming<R: CryptoRng + ?Sized>(
         };
         let req = plan.mask_sum_request(owner, list.len, length_tag);
         t.received[u].push(Inbound::MaskSum(req.clone()));
-        if let MaskShare::Sealed(s) = nodes[u].mask_sum(&req)? {
+        let share = nodes[u].mask_sum(&req)?;
+        // As the coordinator does: only a box of the length the analysis
+        // fixes is relayed.
+        let got = match &share {
+            MaskShare::Sealed(s) => s.len(),
+            MaskShare::Kept => 0,
+        };
+        if got != super::sealed_mask_sum_len(list.width, u, recipient) {
+            return Err(ProtocolError::Violation(format!(
+                "sealed mask sum of {got} bytes from {}",
+                analysis.parties[u].name
+            )));
+        }
+        if let MaskShare::Sealed(s) = share {
             t.sealed[owner] = Some(s);
         }
     }
-    let recipient = party_index(analysis, &analysis.recipient)?;
     let delivery = plan.delivery(t.sealed.clone());
     t.received[recipient].push(Inbound::Deliver(delivery.clone()));
     let release = nodes[recipient].unmask_release(&delivery)?;
