@@ -425,6 +425,12 @@ async fn relay(
     finished: &ProgressBar,
 ) -> Result<Option<FinalList>, CoordinatorError> {
     let mut finals: Option<FinalList> = None;
+    // The final list, made when its first points arrive (or at the end, for
+    // an empty list), sized by the announced length.
+    let new_final = || {
+        FinalList::new(split, out_len, announced.get().unwrap_or(0))
+            .map_err(|e| from.bad(e.to_string()))
+    };
     let mut rows = 0u64;
     let returned = AtomicU64::new(0);
     // The hop owes points it was sent, and, once it returned the whole
@@ -451,15 +457,11 @@ async fn relay(
                     .await?
             }
             None => {
-                let bad = |e: ProtocolError| from.bad(e.to_string());
                 let f = match &mut finals {
                     Some(f) => f,
-                    None => finals.insert(
-                        FinalList::new(split, out_len, announced.get().unwrap_or(0))
-                            .map_err(bad)?,
-                    ),
+                    None => finals.insert(new_final()?),
                 };
-                f.push(&chunk.points).map_err(bad)?;
+                f.push(&chunk.points).map_err(|e| from.bad(e.to_string()))?;
                 finished.inc(k);
             }
         }
@@ -475,8 +477,6 @@ async fn relay(
     }
     match finals {
         Some(f) => Ok(Some(f)),
-        None => Ok(Some(
-            FinalList::new(split, out_len, 0).map_err(|e| from.bad(e.to_string()))?,
-        )),
+        None => Ok(Some(new_final()?)),
     }
 }
