@@ -28,14 +28,14 @@ use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::session::SessionId;
-use crate::share::{SealKey, ShareError};
+use crate::share::{SEAL_TAG_LEN, SealKey, ShareError};
 
 /// Length of a group key.
 pub const GROUP_KEY_LEN: usize = 32;
 /// Length of a tag: the element a keyed-prf list carries per row.
 pub const TAG_LEN: usize = 16;
 /// Length of a sealed group key (key plus the AEAD's 16-byte tag).
-pub const SEALED_GROUP_KEY_LEN: usize = GROUP_KEY_LEN + 16;
+pub const SEALED_GROUP_KEY_LEN: usize = GROUP_KEY_LEN + SEAL_TAG_LEN;
 /// Keys tagged per parallel job.
 const CHUNK: usize = 4096;
 

@@ -505,10 +505,13 @@ pub fn unmask(masked: &[u64], mask: &[u64]) -> Result<Vec<u64>, ShareError> {
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub struct SealKey([u8; 32]);
 
+/// Bytes a [`SealKey`] box adds to what it seals: the Poly1305 tag.
+pub const SEAL_TAG_LEN: usize = 16;
+
 /// Bytes of a vector of `width` words sealed with [`SealKey::seal`]: eight
-/// a word and the 16-byte Poly1305 tag.
+/// a word and the Poly1305 tag.
 pub const fn sealed_len(width: usize) -> usize {
-    8 * width + 16
+    8 * width + SEAL_TAG_LEN
 }
 
 impl SealKey {
@@ -530,7 +533,7 @@ impl SealKey {
             .collect())
     }
 
-    /// Seals bytes, with `aad` bound in: `msg.len() + 16` bytes.
+    /// Seals bytes, with `aad` bound in: `msg.len() + SEAL_TAG_LEN` bytes.
     pub fn seal_bytes(&self, msg: &[u8], aad: &[u8]) -> Vec<u8> {
         self.cipher()
             .encrypt(&Nonce::default(), Payload { msg, aad })

@@ -11,38 +11,18 @@
 use std::sync::OnceLock;
 
 use cleanroom::positions::Positions;
-use cleanroom::protocol::{MaskSumRequest, NodeSession, PeerKeys};
-use cleanroom::share::IdentityKey;
-use cleanroom::{Analysis, SessionId};
+use cleanroom::protocol::{MaskSumRequest, NodeSession};
 use libfuzzer_sys::fuzz_target;
+
+mod common;
 
 const ANALYSIS: &str = "name = \"f\"\nrecipient = \"c\"\n[protocol]\npsi = \"keyed-prf\"\n\
     [parties.a]\nsql = \"s\"\n[parties.b]\nsql = \"s\"\n[parties.c]\nsql = \"s\"\n\
     [output]\naggregates = [\"count\", \"sum(a.x)\"]\n[privacy]\nmin_matched = 0\n";
 
-/// Party `name`'s session (parties a, b, c with fixed identity keys and
-/// sid; a, the first party, draws the group key).
+/// Party `name`'s session (see [`common::session`]).
 fn session(name: &str) -> NodeSession {
-    let analysis = Analysis::parse(ANALYSIS).unwrap();
-    let ids: Vec<IdentityKey> = (1..=3u8)
-        .map(|i| IdentityKey::from_bytes([i; 32]).unwrap())
-        .collect();
-    let peers: PeerKeys = ["a", "b", "c"]
-        .iter()
-        .zip(&ids)
-        .map(|(n, k)| (n.to_string(), k.public()))
-        .collect();
-    let me = ["a", "b", "c"].iter().position(|n| *n == name).unwrap();
-    let sid = SessionId::from_slice(&[7; 32]).unwrap();
-    NodeSession::new(
-        &analysis,
-        sid,
-        name,
-        &ids[me],
-        &peers,
-        &mut cleanroom::session::os_rng(),
-    )
-    .unwrap()
+    common::session(ANALYSIS, name)
 }
 
 /// Party a's session, drawn once per process (its group key with it).
